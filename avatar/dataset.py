@@ -1,0 +1,229 @@
+"""The dataset folder: the contract between `avatar preprocess` and `avatar fit` / `speak` / `view`.
+
+Layout of DATA_DIR (all arrays are one row per video frame at `fps`, frame k at time k/fps):
+
+    dataset.json            written LAST and atomically; a folder without it is incomplete
+    preprocess.yaml         the resolved preprocess config
+    audio.wav               16 kHz mono PCM, starting at the time of frame 0 (absent with --no-audio)
+    frames/000000.jpg ...   RGB frames at the dataset resolution (read lazily, never all in RAM)
+    masks/000000.png ...    uint8 label map per frame, labels in `MASK_LABELS` (disjoint by design)
+    background.png          the static background plate (RGB)
+    landmarks.npy           [N, 478, 2] float32 MediaPipe face-mesh landmarks, pixels (x right, y down)
+    pose.npz                per-frame rigid head pose and camera, see `CameraPose`
+    blink.npy               [N] float32 eye openness -> blink in [0, 1] (1 = closed), person-normalised
+    features/NAME.npy       [N, D] float32 audio features, one row per video frame
+    features/NAME.json      {"extractor", "dim", "fps", "window", ...} describing NAME.npy
+    preview/...             optional contact sheet / overlay video
+
+Camera convention (OpenCV): camera x right, y down, z forward. `pose.npz` holds, per frame,
+the head-to-camera rigid transform: X_cam = R[k] @ X_head + t[k], where X_head is in the canonical
+head frame (metric-free units in which the fitted canonical landmark shape `shape3d` lives).
+Intrinsics K = [[focal, 0, cx], [0, focal, cy], [0, 0, 1]] in pixels of the dataset resolution.
+
+`dataset.json` keys (see `DatasetInfo`): version, source {path, sha256, fps, duration}, fps,
+num_frames, width, height, camera {focal, cx, cy}, stages {name: version}, files {...},
+features {name: {file, extractor, dim, fps}}, default_feature, split {train: [a, b], val: [c, d]}
+(half-open frame ranges), quality {...}, has_audio.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from avatar.errors import AvatarError
+
+DATASET_VERSION = 1
+DATASET_JSON = "dataset.json"
+
+# Label map stored in masks/*.png. One label per pixel, so regions are disjoint by construction.
+MASK_LABELS: dict[str, int] = {
+    "background": 0,
+    "face": 1,  # face skin (incl. lips, brows, nose)
+    "mouth": 2,  # mouth interior: inside the inner lip contour (teeth, tongue)
+    "eyes": 3,  # eye openings (inside the eyelid contours)
+    "hair": 4,  # hair and the rest of the head above/around the face
+    "neck": 5,  # neck
+    "torso": 6,  # shoulders / clothing, everything of the person below the neck
+}
+HEAD_LABELS = ("face", "mouth", "eyes", "hair")
+PERSON_LABELS = HEAD_LABELS + ("neck", "torso")
+
+
+@dataclasses.dataclass
+class CameraPose:
+    """Per-frame head pose and the (shared) pinhole camera, as stored in pose.npz."""
+
+    R: np.ndarray
+    """[N, 3, 3] float32 head-to-camera rotation."""
+    t: np.ndarray
+    """[N, 3] float32 head-to-camera translation."""
+    focal: float
+    """Focal length in pixels (fx = fy)."""
+    cx: float
+    """Principal point x in pixels."""
+    cy: float
+    """Principal point y in pixels."""
+    shape3d: np.ndarray
+    """[478, 3] float32 the person's canonical 3D landmark shape in the head frame."""
+
+    @property
+    def K(self) -> np.ndarray:
+        """[3, 3] intrinsics."""
+        return np.array([[self.focal, 0, self.cx], [0, self.focal, self.cy], [0, 0, 1]], np.float32)
+
+    def viewmats(self) -> np.ndarray:
+        """[N, 4, 4] world(head)-to-camera matrices."""
+        n = self.R.shape[0]
+        m = np.tile(np.eye(4, dtype=np.float32), (n, 1, 1))
+        m[:, :3, :3] = self.R
+        m[:, :3, 3] = self.t
+        return m
+
+    def save(self, path: str | os.PathLike) -> None:
+        from avatar.io import save_npz_atomic
+
+        save_npz_atomic(path, R=self.R.astype(np.float32), t=self.t.astype(np.float32),
+                        focal=np.float32(self.focal), cx=np.float32(self.cx), cy=np.float32(self.cy),
+                        shape3d=self.shape3d.astype(np.float32))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "CameraPose":
+        z = np.load(path)
+        return cls(R=z["R"], t=z["t"], focal=float(z["focal"]), cx=float(z["cx"]), cy=float(z["cy"]),
+                   shape3d=z["shape3d"])
+
+
+@dataclasses.dataclass
+class FeatureInfo:
+    """Description of one audio feature file (mirrors features/NAME.json)."""
+
+    name: str
+    file: str
+    extractor: str
+    dim: int
+    fps: float
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class DatasetInfo:
+    """Parsed dataset.json plus the folder it came from."""
+
+    root: Path
+    fps: float
+    num_frames: int
+    width: int
+    height: int
+    split: dict[str, tuple[int, int]]
+    features: dict[str, FeatureInfo]
+    default_feature: str | None
+    has_audio: bool
+    raw: dict[str, Any]
+
+    def path(self, *parts: str) -> Path:
+        return self.root.joinpath(*parts)
+
+    def frame_path(self, k: int) -> Path:
+        return self.root / "frames" / f"{k:06d}.jpg"
+
+    def mask_path(self, k: int) -> Path:
+        return self.root / "masks" / f"{k:06d}.png"
+
+    def indices(self, split: str) -> np.ndarray:
+        a, b = self.split[split]
+        return np.arange(a, b)
+
+    def camera_pose(self) -> CameraPose:
+        return CameraPose.load(self.root / "pose.npz")
+
+    def landmarks(self) -> np.ndarray:
+        return np.load(self.root / "landmarks.npy", mmap_mode="r")
+
+    def blink(self) -> np.ndarray:
+        return np.load(self.root / "blink.npy")
+
+    def feature(self, name: str | None = None) -> np.ndarray:
+        name = name or self.default_feature
+        if name is None or name not in self.features:
+            raise AvatarError(f"{self.root}: no audio feature '{name}' (have: {', '.join(self.features) or 'none'})")
+        arr = np.load(self.root / self.features[name].file, mmap_mode="r")
+        if arr.shape[0] != self.num_frames:
+            raise AvatarError(f"{self.root}: feature '{name}' has {arr.shape[0]} rows for {self.num_frames} frames; re-run preprocess")
+        return arr
+
+
+def load_dataset(root: str | os.PathLike) -> DatasetInfo:
+    """Read DATA_DIR/dataset.json. Raises a one-line AvatarError for a missing/incomplete folder."""
+    root = Path(root)
+    if not root.is_dir():
+        raise AvatarError(f"{root}: no such dataset folder (run `avatar preprocess VIDEO -o {root}`)")
+    meta = root / DATASET_JSON
+    if not meta.is_file():
+        raise AvatarError(f"{root}: dataset is incomplete (no {DATASET_JSON}); re-run `avatar preprocess VIDEO -o {root}`")
+    try:
+        raw = json.loads(meta.read_text())
+    except json.JSONDecodeError as e:
+        raise AvatarError(f"{meta}: corrupt ({e.msg}); re-run preprocess") from None
+    try:
+        feats = {
+            name: FeatureInfo(name=name, file=d["file"], extractor=d["extractor"], dim=int(d["dim"]), fps=float(d["fps"]),
+                              extra={k: v for k, v in d.items() if k not in ("file", "extractor", "dim", "fps")})
+            for name, d in raw.get("features", {}).items()
+        }
+        info = DatasetInfo(
+            root=root,
+            fps=float(raw["fps"]),
+            num_frames=int(raw["num_frames"]),
+            width=int(raw["width"]),
+            height=int(raw["height"]),
+            split={k: (int(v[0]), int(v[1])) for k, v in raw["split"].items()},
+            features=feats,
+            default_feature=raw.get("default_feature"),
+            has_audio=bool(raw.get("has_audio", True)),
+            raw=raw,
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise AvatarError(f"{meta}: missing or bad field {e}; re-run preprocess") from None
+    if int(raw.get("version", 0)) > DATASET_VERSION:
+        raise AvatarError(f"{meta}: dataset version {raw.get('version')} is newer than this avatar supports ({DATASET_VERSION})")
+    return info
+
+
+class FrameCache:
+    """Bounded LRU cache of decoded frames/masks: memory stays O(capacity), not O(clip length).
+
+    `get(k)` returns (rgb [H, W, 3] uint8, labels [H, W] uint8).
+    """
+
+    def __init__(self, info: DatasetInfo, capacity: int = 256):
+        self.info = info
+        self.capacity = int(capacity)
+        self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+
+    def get(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if k in self._cache:
+            self._cache.move_to_end(k)
+            return self._cache[k]
+        import cv2
+
+        bgr = cv2.imread(str(self.info.frame_path(k)), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise AvatarError(f"{self.info.frame_path(k)}: missing or unreadable frame; re-run preprocess")
+        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        labels = cv2.imread(str(self.info.mask_path(k)), cv2.IMREAD_UNCHANGED)
+        if labels is None:
+            raise AvatarError(f"{self.info.mask_path(k)}: missing or unreadable mask; re-run preprocess")
+        self._cache[k] = (rgb, labels)
+        if len(self._cache) > self.capacity:
+            self._cache.popitem(last=False)
+        return rgb, labels
+
+    def __len__(self) -> int:
+        return len(self._cache)

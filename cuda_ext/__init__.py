@@ -1,0 +1,1 @@
+"""Gaussian rasterization kernels (see cuda_ext/README.md once the kernels land)."""

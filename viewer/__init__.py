@@ -1,0 +1,1 @@
+"""Interactive web viewer (installed as `avatar.viewer`)."""
