@@ -1,0 +1,132 @@
+"""Tests of the foundation: config dataclasses, atomic IO, dataset contract, CLI dispatch."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pytest
+
+from avatar.config import apply_overrides, field_docs, load_yaml, save_yaml, to_dict
+from avatar.dataset import CameraPose, FrameCache, load_dataset
+from avatar.errors import AvatarError
+from avatar.io import atomic_path, write_json_atomic
+
+
+@dataclasses.dataclass
+class _Inner:
+    lr: float = 1e-3
+    """Learning rate."""
+    kind: Literal["a", "b"] = "a"
+    """Which kind."""
+
+
+@dataclasses.dataclass
+class _Outer:
+    iters: int = 10
+    """Number of iterations."""
+    flag: bool = False
+    """A switch."""
+    out: Path = Path("x")
+    """Where outputs go."""
+    inner: _Inner = dataclasses.field(default_factory=_Inner)
+    """Nested component."""
+
+
+def test_field_docs_read_from_source():
+    docs = field_docs(_Outer)
+    assert docs["iters"] == "Number of iterations."
+    assert docs["inner"] == "Nested component."
+    assert field_docs(_Inner)["kind"] == "Which kind."
+
+
+def test_overrides_parse_types_and_reject_unknown():
+    cfg = apply_overrides(_Outer(), {"iters": "25", "flag": "true", "inner.lr": "0.5", "inner.kind": "b"})
+    assert (cfg.iters, cfg.flag, cfg.inner.lr, cfg.inner.kind) == (25, True, 0.5, "b")
+    assert _Outer().iters == 10  # the default object is untouched
+    with pytest.raises(AvatarError, match="no field 'inner.lrr'.*inner.lr"):
+        apply_overrides(_Outer(), {"inner.lrr": "1"})
+    with pytest.raises(AvatarError, match="choose one of a, b"):
+        apply_overrides(_Outer(), {"inner.kind": "c"})
+    with pytest.raises(AvatarError, match="cannot read"):
+        apply_overrides(_Outer(), {"iters": "many"})
+
+
+def test_yaml_round_trip(tmp_path):
+    cfg = apply_overrides(_Outer(), ["iters=7", "out=/tmp/y"])
+    save_yaml(cfg, tmp_path / "c.yaml")
+    back = load_yaml(_Outer, tmp_path / "c.yaml")
+    assert back == cfg and isinstance(back.out, Path)
+    (tmp_path / "bad.yaml").write_text("iters: 3\nnope: 1\n")
+    with pytest.raises(AvatarError, match="unknown config field"):
+        load_yaml(_Outer, tmp_path / "bad.yaml")
+    assert to_dict(cfg)["inner"] == {"lr": 1e-3, "kind": "a"}
+
+
+def test_atomic_write_leaves_nothing_on_error(tmp_path):
+    dst = tmp_path / "out.json"
+    write_json_atomic(dst, {"a": 1})
+    with pytest.raises(RuntimeError):
+        with atomic_path(dst) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("disk full")
+    assert json.loads(dst.read_text()) == {"a": 1}  # the old complete file survives
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]  # no temp file left behind
+
+
+def _write_min_dataset(root: Path, n: int = 4, h: int = 8, w: int = 6) -> None:
+    import cv2
+
+    (root / "frames").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for k in range(n):
+        cv2.imwrite(str(root / "frames" / f"{k:06d}.jpg"), np.full((h, w, 3), k * 10, np.uint8))
+        cv2.imwrite(str(root / "masks" / f"{k:06d}.png"), np.full((h, w), k % 3, np.uint8))
+    np.save(root / "feat.npy", np.zeros((n, 5), np.float32))
+    write_json_atomic(root / "dataset.json", {
+        "version": 1, "fps": 25, "num_frames": n, "width": w, "height": h,
+        "split": {"train": [0, n - 1], "val": [n - 1, n]},
+        "features": {"f": {"file": "feat.npy", "extractor": "test", "dim": 5, "fps": 25}},
+        "default_feature": "f", "has_audio": False})
+
+
+def test_dataset_contract(tmp_path):
+    with pytest.raises(AvatarError, match="no such dataset folder"):
+        load_dataset(tmp_path / "missing")
+    (tmp_path / "inc").mkdir()
+    with pytest.raises(AvatarError, match="incomplete"):
+        load_dataset(tmp_path / "inc")
+    _write_min_dataset(tmp_path / "d")
+    info = load_dataset(tmp_path / "d")
+    assert info.num_frames == 4 and list(info.indices("val")) == [3]
+    assert info.feature().shape == (4, 5)
+    cache = FrameCache(info, capacity=2)
+    for k in range(4):
+        rgb, lab = cache.get(k)
+        assert rgb.shape == (8, 6, 3) and lab.shape == (8, 6) and int(lab[0, 0]) == k % 3
+    assert len(cache) == 2  # bounded
+
+
+def test_camera_pose_round_trip(tmp_path):
+    n = 3
+    pose = CameraPose(R=np.tile(np.eye(3, dtype=np.float32), (n, 1, 1)), t=np.arange(9, dtype=np.float32).reshape(3, 3),
+                      focal=500.0, cx=32.0, cy=30.0, shape3d=np.zeros((478, 3), np.float32))
+    pose.save(tmp_path / "pose.npz")
+    back = CameraPose.load(tmp_path / "pose.npz")
+    np.testing.assert_array_equal(back.viewmats()[:, :3, 3], pose.t)
+    assert back.K[0, 0] == 500.0 and back.K[1, 2] == 30.0
+
+
+def test_cli_help_and_bad_input():
+    run = lambda *a: subprocess.run([sys.executable, "-m", "avatar.cli", *a], capture_output=True, text=True, timeout=120)
+    r = run("--help")
+    assert r.returncode == 0 and "avatar preprocess" in r.stdout
+    r = run("--version")
+    assert r.returncode == 0 and r.stdout.startswith("avatar ")
+    r = run("no-such-command")
+    assert r.returncode != 0 and "Traceback" not in r.stderr
