@@ -29,3 +29,124 @@ def shared_file(rel: str) -> Path:
     if not p.is_file():
         pytest.skip(f"real data file missing: {p}")
     return p
+
+
+@pytest.fixture(scope="session")
+def may_dataset(tmp_path_factory, shared_data):
+    """(video path, DatasetInfo) of may_5s.mp4 preprocessed once per test session (all stages, 512², with
+    --preview) into a temp dir. Shared by every test that needs a real dataset; treat it as read-only
+    (copy it with shutil.copytree before modifying)."""
+    from avatar.preprocess.config import PreprocessConfig
+    from avatar.preprocess.pipeline import run_preprocess
+
+    video = shared_file("video/may_5s.mp4")
+    out = tmp_path_factory.mktemp("may") / "data"
+    info = run_preprocess(video, out, PreprocessConfig(preview=True), progress=False)
+    return video, info
+
+
+# ---- synthetic videos for the preprocessing tests (written with PyAV into tmp dirs) ---------------
+
+CODE_BITS = 10
+"""Frames of `write_synthetic_video` carry their source index as CODE_BITS black/white blocks."""
+
+
+def frame_code_image(i: int, width: int, height: int, noise: "np.random.Generator | None" = None):
+    """RGB uint8 [height, width, 3]: source index i as blocks in the top quarter, grey or noise below."""
+    import numpy as np
+
+    img = np.full((height, width, 3), 128, np.uint8)
+    if noise is not None:
+        img[:] = noise.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    bw = width // CODE_BITS
+    for b in range(CODE_BITS):
+        img[: height // 4, b * bw:(b + 1) * bw] = 255 if (i >> b) & 1 else 0
+    return img
+
+
+def read_frame_code(rgb) -> int:
+    """Inverse of `frame_code_image` on a (resized, compressed) frame."""
+    h, w = rgb.shape[:2]
+    bw = w / CODE_BITS
+    code = 0
+    for b in range(CODE_BITS):
+        x0, x1 = int(b * bw + 0.25 * bw), int((b + 1) * bw - 0.25 * bw)
+        if rgb[h // 32: h // 5, x0:x1].mean() > 128:
+            code |= 1 << b
+    return code
+
+
+def write_synthetic_video(path, *, times=None, n_frames: int = 50, fps: float = 25.0, width: int = 160, height: int = 120,
+                          video_start: float = 0.0, audio: bool = True, audio_start: float = 0.0,
+                          audio_duration: float | None = None, sr: int = 48000, beeps=(), noise: bool = False,
+                          frames=None):
+    """Write an H.264 (+ AAC) mp4 whose frame i shows code i (or `frames[i]`) at pts `times[i]`.
+
+    times: presentation times in seconds (default video_start + i/fps: constant rate). The audio is
+    quiet noise with 1 kHz beeps of 40 ms starting at the source times in `beeps`. Returns `times`.
+    """
+    from fractions import Fraction
+
+    import av
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    if frames is not None:
+        n_frames = len(frames)
+        height, width = frames[0].shape[:2]
+    if times is None:
+        times = [video_start + i / fps for i in range(n_frames)]
+    tb = Fraction(1, 90000)
+    with av.open(str(path), mode="w") as c:
+        vs = c.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        vs.width, vs.height, vs.pix_fmt = width, height, "yuv420p"
+        vs.time_base = tb
+        vs.codec_context.time_base = tb  # keep irregular (VFR) pts exact through the encoder
+        vs.codec_context.options = {"preset": "ultrafast", "crf": "18"}
+        ast = None
+        if audio:
+            ast = c.add_stream("aac", rate=sr, layout="mono")
+            ast.time_base = Fraction(1, sr)
+        for i, t in enumerate(times):
+            img = frames[i] if frames is not None else frame_code_image(i, width, height, rng if noise else None)
+            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+            vf.pts = int(round(t / tb))
+            vf.time_base = tb
+            for pkt in vs.encode(vf):
+                c.mux(pkt)
+        for pkt in vs.encode():
+            c.mux(pkt)
+        if ast is not None:
+            dur = audio_duration if audio_duration is not None else times[-1] + 1.0 / fps - audio_start
+            n = int(round(dur * sr))
+            wav = (0.01 * rng.standard_normal(n)).astype(np.float32)
+            for b in beeps:
+                a = int(round((b - audio_start) * sr))
+                k = np.arange(int(0.04 * sr))
+                wav[a:a + len(k)] += 0.5 * np.sin(2 * np.pi * 1000 * k / sr).astype(np.float32)
+            step = 1024
+            for s0 in range(0, n, step):
+                af = av.AudioFrame.from_ndarray(wav[None, s0:s0 + step].copy(), format="fltp", layout="mono")
+                af.sample_rate = sr
+                af.pts = int(round(audio_start * sr)) + s0
+                af.time_base = Fraction(1, sr)
+                for pkt in ast.encode(af):
+                    c.mux(pkt)
+            for pkt in ast.encode():
+                c.mux(pkt)
+    return list(times)
+
+
+def probe_times(path):
+    """(video pts in seconds as decoded, audio start in seconds or None): the ground truth of a written file."""
+    import av
+
+    with av.open(str(path)) as c:
+        vt = [float(f.pts * f.time_base) for f in c.decode(video=0)]
+    astart = None
+    with av.open(str(path)) as c:
+        if c.streams.audio:
+            for f in c.decode(audio=0):
+                astart = float(f.pts * f.time_base)
+                break
+    return vt, astart

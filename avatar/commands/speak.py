@@ -1,0 +1,209 @@
+"""`avatar speak RUN --audio X -o out.mp4`: render the trained person saying any audio.
+
+    avatar speak runs/NAME --audio speech.mp3 -o out.mp4             H.264 + AAC, frame exact
+    avatar speak runs/NAME --audio a.wav -o out.mp4 --pose audio --orbit 30
+    avatar speak runs/NAME --audio a.wav -o frames/ --background transparent   RGBA PNGs + audio.wav
+    avatar speak runs/NAME --audio a.wav -o out.webm --background transparent  VP9 video with alpha + Opus
+    avatar speak runs/NAME --audio a.wav --stream -o - | ffplay -f rawvideo -pixel_format rgb24 \\
+        -video_size WxH -framerate 25 -                                 real-time raw RGB frames
+    ffmpeg -i mic.wav -f s16le -ac 1 -ar 16000 - | avatar speak runs/NAME --audio - --stream -o pipe.rgb
+
+Input: wav (8/16/24/32-bit int, float), mp3, flac, ogg, m4a, 8-48 kHz, mono/stereo, or a video file (its
+audio track). Output frame k shows the mouth for the audio at time k/fps; the output has
+round(duration x fps) frames. With --stream, audio is read in real time (a file is paced at its own
+speed; `--audio -` reads raw 16 kHz mono s16le from stdin) and raw RGB24 frames (RGBA with
+--background transparent) are written to stdout (`-o -`) or to a file/named pipe as soon as they are ready.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from avatar.errors import AvatarError
+
+DESCRIPTION = __doc__.split("\n", 2)[2]
+DEFAULT_MAX_DURATION = 600.0
+
+
+def add_parser(subparsers, name: str, summary: str) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(name, help=summary, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", metavar="RUN", help="trained run folder (output of `avatar fit`)")
+    p.add_argument("--audio", required=True, metavar="FILE",
+                   help="audio or video file to speak (wav/mp3/flac/ogg/m4a/mp4...); with --stream, '-' reads raw "
+                        "16 kHz mono s16le PCM from stdin")
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="output .mp4 (H.264 + AAC) or .webm (VP9 + Opus); with --background transparent a folder (RGBA PNGs + "
+                        "audio.wav) or a .webm (VP9 with alpha); "
+                        "with --stream: '-' (stdout) or a file / named pipe receiving raw frames")
+    g = p.add_argument_group("head pose and camera")
+    g.add_argument("--pose", default="replay", metavar="MODE",
+                   help="replay: the training clip's head poses, looped without a jump; static: the mean pose; "
+                        "audio: head motion generated from the speech rhythm (learned from the training clip); "
+                        "or a motion .npz written by --export-motion (its head poses). Default replay")
+    g.add_argument("--loop", choices=("crossfade", "pingpong"), default="crossfade",
+                   help="how --pose replay loops: crossfade the clip's end into its start, or play back and forth (default crossfade)")
+    g.add_argument("--yaw", type=float, default=0.0, help="head yaw offset in degrees (+ turns the face to image right)")
+    g.add_argument("--pitch", type=float, default=0.0, help="head pitch offset in degrees (+ nods the chin down)")
+    g.add_argument("--roll", type=float, default=0.0, help="head roll offset in degrees (+ tilts clockwise in the image)")
+    g.add_argument("--orbit", type=float, default=0.0, metavar="DEGREES",
+                   help="free-view camera swinging around the head, DEGREES peak to peak (default 0: training camera). "
+                        "The head and neck follow the camera exactly; the torso's static part and the background "
+                        "plate stay 2D layers (use a colour --background for large moves)")
+    g.add_argument("--orbit-period", type=float, default=6.0, metavar="S", help="seconds per orbit swing (default 6)")
+    g.add_argument("--camera-path", default=None, metavar="FILE",
+                   help="camera path: JSON list of 4x4 world->camera matrices (identity = training camera) or of "
+                        "{\"yaw\", \"pitch\", \"roll\"} degrees around the head, one per frame (the last is held); "
+                        ".npy [N,4,4] or an --export-motion .npz (its camera)")
+    g = p.add_argument_group("face")
+    g.add_argument("--blink", default="auto", metavar="MODE",
+                   help="auto: blinks at the rate/duration learned from the training clip; off: eyes open; or a file of "
+                        "per-frame values in [0,1] (.npy/.txt/.json, or an --export-motion .npz). Default auto")
+    g.add_argument("--lip-scale", type=float, default=1.0,
+                   help="scale of the audio-driven mouth motion: >1 exaggerates, <1 damps (default 1)")
+    g.add_argument("--vad", choices=("silero", "energy", "off"), default="silero",
+                   help="voice activity used to close the mouth in silence: silero (silero-vad), energy (level "
+                        "threshold) or off (default silero)")
+    g.add_argument("--vad-threshold", type=float, default=0.5, help="silero speech probability threshold (default 0.5)")
+    g.add_argument("--energy-db", type=float, default=-45.0, help="--vad energy: level in dBFS counted as speech (default -45)")
+    g = p.add_argument_group("output")
+    g.add_argument("--background", default="plate", metavar="BG",
+                   help="plate (training background), a colour (black, white, green, #RRGGBB, R,G,B), an image file, "
+                        "or transparent (RGBA PNG sequence folder or alpha .webm). Default plate")
+    g.add_argument("--no-torso", action="store_true", help="render the head only (no torso Gaussians)")
+    g.add_argument("--fps", type=float, default=None, help="output frame rate (default: the training fps)")
+    g.add_argument("--export-motion", default=None, metavar="FILE.npz",
+                   help="also write the per-frame motion (head poses, camera, viewmats, blink, speech, features) as .npz, "
+                        "reusable with --pose/--blink/--camera-path")
+    g.add_argument("--allow-long", action="store_true",
+                   help=f"render audio longer than --max-duration (default limit {DEFAULT_MAX_DURATION:.0f} s)")
+    g.add_argument("--max-duration", type=float, default=DEFAULT_MAX_DURATION, metavar="S",
+                   help=f"longest audio rendered without --allow-long, seconds (default {DEFAULT_MAX_DURATION:.0f})")
+    g.add_argument("--seed", type=int, default=0, help="seed of generated motion (blinks, --pose audio); default 0")
+    g.add_argument("--device", default="auto", help="render device: auto, cpu, cuda, cuda:N (default auto)")
+    g.add_argument("--batch", type=int, default=8, help="frames per model call offline (default 8)")
+    g.add_argument("--feature-model", default=None, metavar="DIR",
+                   help="local wav2vec2/HuBERT folder when the avatar was trained on such features")
+    g.add_argument("--json", action="store_true", help="print a JSON summary on stdout at the end (not with --stream -o -)")
+    g = p.add_argument_group("streaming")
+    g.add_argument("--stream", action="store_true",
+                   help="real-time mode: read audio as it arrives, write raw frames as soon as they are ready")
+    g.add_argument("--stream-segment", type=int, default=5, metavar="FRAMES",
+                   help="--stream: frames per causal feature segment (smaller = lower delay, more CPU); default 5")
+    g.add_argument("--chunk-ms", type=float, default=40.0, help="--stream: audio chunk size read at a time (default 40 ms)")
+    g.add_argument("--no-realtime", action="store_true", help="--stream from a file: do not pace reading at real time")
+    p.set_defaults(func=run)
+    return p
+
+
+def _config(args: argparse.Namespace):
+    from avatar.speak import SpeakConfig
+
+    return SpeakConfig(pose=args.pose, loop=args.loop, yaw=args.yaw, pitch=args.pitch, roll=args.roll, orbit=args.orbit,
+                       orbit_period=args.orbit_period, camera_path=args.camera_path, blink=args.blink, lip_scale=args.lip_scale,
+                       vad=args.vad, vad_threshold=args.vad_threshold, energy_db=args.energy_db, background=args.background,
+                       torso=not args.no_torso, seed=args.seed, fps=args.fps, batch=max(1, args.batch),
+                       stream_segment_frames=max(1, args.stream_segment), feature_model_dir=args.feature_model)
+
+
+def _check_inputs(args: argparse.Namespace) -> None:
+    run = Path(args.run)
+    if not run.is_dir():
+        raise AvatarError(f"{run}: no such run folder (train one with `avatar fit VIDEO -o {run}`)")
+    if args.audio != "-":
+        from avatar.audio import probe_audio
+
+        info = probe_audio(args.audio)  # one-line errors for missing/corrupt/empty audio
+        if not args.allow_long and info.duration > args.max_duration:
+            raise AvatarError(f"{args.audio}: audio is {info.duration:.1f} s, longer than the limit of {args.max_duration:.0f} s; "
+                              f"pass --allow-long to render it anyway")
+    elif not args.stream:
+        raise AvatarError("--audio - (stdin) needs --stream")
+    if args.orbit < 0 or args.orbit > 360:
+        raise AvatarError(f"--orbit {args.orbit}: degrees must be in [0, 360]")
+    if args.orbit_period <= 0:
+        raise AvatarError(f"--orbit-period {args.orbit_period}: must be positive")
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_inputs(args)
+    from avatar.runtime import Avatar
+    from avatar.speak import Speaker
+
+    avatar = Avatar.load(args.run, device=args.device)
+    speaker = Speaker(avatar, _config(args))
+    if args.stream:
+        return _run_stream(args, speaker)
+    summary = speaker.render_file(args.audio, args.output, max_duration=None if args.allow_long else args.max_duration,
+                                  export_motion=args.export_motion, progress=True)
+    print(f"avatar speak: wrote {summary['output']} ({summary['frames']} frames, {summary['duration_s']:.2f} s, "
+          f"{summary['render_fps']:.1f} frames/s)", file=sys.stderr)
+    if args.json:
+        print(json.dumps(summary))
+    return 0
+
+
+def _stdin_chunks(chunk_samples: int):
+    """Raw s16le mono 16 kHz from stdin, as float32 chunks (as soon as bytes arrive)."""
+    fd = sys.stdin.buffer
+    pending = b""
+    while True:
+        data = fd.read1(chunk_samples * 2) if hasattr(fd, "read1") else fd.read(chunk_samples * 2)
+        if not data:
+            break
+        pending += data
+        n = len(pending) // 2 * 2
+        if n:
+            yield np.frombuffer(pending[:n], dtype="<i2").astype(np.float32) / 32768.0
+            pending = pending[n:]
+
+
+def _file_chunks(path: str, chunk_samples: int, realtime: bool):
+    """A file's 16 kHz audio in chunks, released at real-time pace (as a live source would)."""
+    from avatar.audio import SR_STREAM, iter_audio
+
+    t0 = time.perf_counter()
+    sent = 0
+    for block in iter_audio(path, sr=SR_STREAM, block_s=chunk_samples / SR_STREAM):
+        if realtime:
+            wait = t0 + sent / SR_STREAM - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+        sent += block.shape[0]
+        yield block
+
+
+def _run_stream(args: argparse.Namespace, speaker) -> int:
+    from avatar.audio import SR_STREAM
+
+    chunk = max(1, int(round(args.chunk_ms / 1000.0 * SR_STREAM)))
+    chunks = _stdin_chunks(chunk) if args.audio == "-" else _file_chunks(args.audio, chunk, not args.no_realtime)
+    av = speaker.avatar
+    ch = 4 if speaker.transparent else 3
+    print(f"avatar speak --stream: raw {'rgba' if ch == 4 else 'rgb24'} frames {av.width}x{av.height} at {speaker.fps:g} fps; "
+          f"algorithmic delay {speaker.delay_s() * 1000:.0f} ms", file=sys.stderr)
+    out = sys.stdout.buffer if args.output == "-" else open(args.output, "wb")  # a named pipe blocks until read
+    n = 0
+    try:
+        for fr in speaker.stream(chunks, record=args.export_motion is not None):
+            out.write(np.ascontiguousarray(fr.rgb).tobytes())
+            out.flush()
+            n += 1
+    finally:
+        if out is not sys.stdout.buffer:
+            out.close()
+    st = speaker.last_stats
+    p50 = st.get("latency_p50_s")
+    p95 = st.get("latency_p95_s")
+    print(f"avatar speak --stream: {n} frames; latency chunk->frame p50 {1000 * (p50 or 0):.1f} ms, p95 {1000 * (p95 or 0):.1f} ms "
+          f"(+ {speaker.delay_s() * 1000:.0f} ms audio look-ahead)", file=sys.stderr)
+    if args.export_motion:
+        speaker.export_motion(args.export_motion, source=args.audio)
+    if args.json and args.output != "-":
+        print(json.dumps({"frames": n, **st}))
+    return 0

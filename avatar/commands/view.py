@@ -1,0 +1,71 @@
+"""`avatar view RUN`: open the interactive 3D web viewer (viser) for a trained avatar.
+
+    avatar view runs/NAME                         http://127.0.0.1:PORT, this machine only
+    avatar view runs/NAME --audio-dir clips/      pick clips from a folder (or upload in the page)
+    avatar view runs/NAME --host 0.0.0.0 --port 8080   reachable from the network (no authentication!)
+
+The browser orbits/pans/zooms around the head (server-side renders of the avatar for the browser's
+camera), plays audio clips in sync with the speaking avatar, and has sliders for head offset,
+blink, lip scale and resolution. Ctrl-C stops the server and deletes uploads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from avatar.errors import AvatarError
+
+DESCRIPTION = __doc__.split("\n", 2)[2]
+
+
+def add_parser(subparsers, name: str, summary: str) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(name, help=summary, description=DESCRIPTION,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", metavar="RUN", help="trained run folder (output of `avatar fit`)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes it to the network)")
+    p.add_argument("--port", type=int, default=0, help="port (default 0: a free port is chosen and printed)")
+    p.add_argument("--audio-dir", default=None, metavar="DIR",
+                   help="folder of audio clips (wav/mp3/flac/ogg/m4a) offered in the page's clip list")
+    p.add_argument("--device", default="auto", help="render device: auto, cpu, cuda, cuda:N (default auto)")
+    p.add_argument("--max-upload-mb", type=float, default=20.0,
+                   help="largest audio upload accepted from the browser, in MB (default 20)")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    if not 0 <= args.port <= 65535:
+        raise AvatarError(f"--port {args.port}: must be 0..65535")
+    if args.max_upload_mb <= 0:
+        raise AvatarError(f"--max-upload-mb {args.max_upload_mb}: must be positive")
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"avatar view: warning: binding {args.host}: anyone who can reach this machine on the port can "
+              f"use the viewer and upload audio (no authentication). Use the default 127.0.0.1 (or an SSH "
+              f"tunnel) unless you mean it.", file=sys.stderr)
+
+    from avatar.runtime import Avatar
+    from avatar.viewer.clips import ClipLibrary
+    from avatar.viewer.server import AvatarViewer
+
+    clips = ClipLibrary(args.audio_dir, max_upload_bytes=int(args.max_upload_mb * 1e6))
+    try:
+        avatar = Avatar.load(args.run, device=args.device)
+        viewer = AvatarViewer(avatar, clips, host=args.host, port=args.port, label=f"avatar · {args.run}")
+    except BaseException:
+        clips.close()
+        raise
+    if args.port and viewer.port != args.port:
+        print(f"avatar view: port {args.port} was busy; using {viewer.port}", file=sys.stderr)
+    print(f"avatar view: open {viewer.url} in a browser (Ctrl-C to stop)", flush=True)
+    try:
+        while True:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        viewer.stop()
+    print("avatar view: stopped", flush=True)
+    return 0

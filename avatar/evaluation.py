@@ -1,0 +1,128 @@
+"""Held-out evaluation of a trained run (`avatar eval RUN`).
+
+On the dataset's val split (the last 1/11 of frames, AD-NeRF/ER-NeRF/TalkingGaussian protocol,
+design/model.md §1) each frame is rendered from its own real audio features, pose and blink, and
+compared to the real frame at the run's render resolution:
+  full_psnr / full_ssim   whole frame (background included, composited over the plate)
+  head_psnr / head_ssim   inside the head mask (labels face, mouth, eyes, hair of that frame)
+  lmd                     landmark distance (AD-NeRF/ER-NeRF "LMD"): mean distance between the 40
+                          MediaPipe lip landmarks found on the rendered and on the real frame, in
+                          pixels of the dataset resolution (frames are upscaled to it for tracking)
+plus RUN/eval/side_by_side.jpg (real above rendered).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from avatar.dataset import HEAD_LABELS, MASK_LABELS, load_dataset
+from avatar.errors import AvatarError
+from avatar.model.geometry import MOUTH_LANDMARKS
+from avatar.train.losses import psnr, ssim
+
+METRIC_KEYS = ("head_psnr", "full_psnr", "head_ssim", "full_ssim", "lmd")
+
+
+def _tracker():
+    """A MediaPipe face-mesh tracker in image mode (the preprocess one when available)."""
+    try:
+        from avatar.preprocess.landmarks import FaceMeshTracker
+
+        return FaceMeshTracker(video_mode=False, max_num_faces=1)
+    except ImportError:  # pragma: no cover - preprocess not installed
+        return None
+
+
+def evaluate_run(run_dir: str | Path, device: str = "auto", write: bool = True, max_frames: int = 0,
+                 lmd: bool = True, progress: bool = False) -> dict:
+    """Render the held-out frames of a finished run and compute the metrics (see module docstring)."""
+    import cv2
+    from tqdm import tqdm
+
+    from avatar.config import from_dict
+    from avatar.io import atomic_path, write_json_atomic
+    from avatar.runtime import Avatar
+    from avatar.train.config import DataConfig
+    from avatar.train.data import FitData
+
+    run_dir = Path(run_dir)
+    av = Avatar.load(run_dir, device=device)
+    root = Path(av.dataset.get("root", ""))
+    if not (root / "dataset.json").is_file() and (run_dir / "data" / "dataset.json").is_file():
+        root = run_dir / "data"
+    info = load_dataset(root)
+    dcfg = from_dict(DataConfig, av.config["data"])
+    data = FitData(info, dcfg, av.feature_window, av.device)
+    val = data.val_idx if len(data.val_idx) else data.train_idx[-max(1, len(data.train_idx) // 11):]
+    if max_frames and len(val) > max_frames:
+        val = val[np.linspace(0, len(val) - 1, max_frames).round().astype(int)]
+    head_ids = torch.tensor([MASK_LABELS[h] for h in HEAD_LABELS], device=av.device)
+    rows: dict[str, list[float]] = {k: [] for k in ("head_psnr", "full_psnr", "head_ssim", "full_ssim")}
+    lmd_vals: list[float] = []
+    sheet: list[tuple[np.ndarray, np.ndarray]] = []
+    show = set(val[np.linspace(0, len(val) - 1, min(4, len(val))).round().astype(int)].tolist())
+    up = (info.width, info.height)
+    trk_real, trk_fake = (_tracker(), _tracker()) if lmd else (None, None)
+    with contextlib.ExitStack() as stack:
+        if trk_real is not None:
+            stack.enter_context(trk_real)
+            stack.enter_context(trk_fake)
+        for k in tqdm(val, desc="eval", disable=not progress, dynamic_ncols=True):
+            batch = data.batch([int(k)])
+            pred = av.render(batch["feats"], batch["viewmats"], batch["blink"])["rgb"]  # [1, H, W, 3]
+            gt = batch["rgb"]
+            hm = torch.isin(batch["labels"], head_ids)[..., None].float()
+            rows["full_psnr"].append(float(psnr(pred, gt)))
+            rows["full_ssim"].append(float(ssim(pred, gt)))
+            if hm.sum() > 0:
+                rows["head_psnr"].append(float(psnr(pred, gt, hm)))
+                rows["head_ssim"].append(float(ssim(pred, gt, hm)))
+            p8 = (pred[0].cpu().numpy() * 255).round().astype(np.uint8)
+            g8 = (gt[0].cpu().numpy() * 255).round().astype(np.uint8)
+            if trk_real is not None:
+                a = trk_real(cv2.resize(g8, up, interpolation=cv2.INTER_CUBIC))
+                b = trk_fake(cv2.resize(p8, up, interpolation=cv2.INTER_CUBIC))
+                if a is not None and b is not None:
+                    idx = list(MOUTH_LANDMARKS)
+                    lmd_vals.append(float(np.linalg.norm(a[idx] - b[idx], axis=-1).mean()))
+            if int(k) in show:
+                sheet.append((g8, p8))
+    metrics = {k: (float(np.mean(v)) if v else float("nan")) for k, v in rows.items()}
+    metrics["lmd"] = float(np.mean(lmd_vals)) if lmd_vals else float("nan")
+    metrics["lmd_frames"] = len(lmd_vals)
+    metrics["eval_frames"] = int(len(val))
+    metrics["eval_resolution"] = [data.width, data.height]
+    if sheet:
+        img = np.concatenate([np.concatenate([g for g, _ in sheet], 1), np.concatenate([p for _, p in sheet], 1)], 0)
+        if img.shape[0] < 256:
+            f = int(np.ceil(256 / img.shape[0]))
+            img = cv2.resize(img, None, fx=f, fy=f, interpolation=cv2.INTER_NEAREST)
+        out = run_dir / "eval" / "side_by_side.jpg"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out) as tmp:
+            cv2.imwrite(str(tmp), cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
+        metrics["side_by_side"] = str(out)
+    if write:
+        import json
+
+        path = run_dir / "metrics.json"
+        old = {}
+        if path.is_file():
+            with contextlib.suppress(ValueError):
+                old = json.loads(path.read_text())
+        old.update(metrics)
+        write_json_atomic(path, old)
+    return metrics
+
+
+def eval_audio(run_dir: str | Path, audio_path: str | Path) -> dict:
+    """Lip-sync metric on new audio (the speak issue): delegates to `avatar.lipsync` when it exists."""
+    try:
+        import avatar.lipsync as lipsync  # type: ignore[import-not-found]
+    except ImportError:
+        raise AvatarError("--audio evaluation is not available yet (avatar.lipsync is not installed)") from None
+    return lipsync.eval_audio(run_dir, audio_path)

@@ -1,0 +1,106 @@
+"""Audio path: per-frame AudioNet over a window of feature rows + AudioAttNet temporal smoothing.
+
+Follows AD-NeRF / ER-NeRF / TalkingGaussian (design/model.md §3): AudioNet is a stack of stride-2
+1D convolutions over the window with LeakyReLU(0.02) followed by an MLP to a 32-d code; AudioAttNet
+stacks the codes of neighbouring frames, predicts softmax weights with 1D convolutions + a linear
+layer and returns their weighted sum (temporal smoothing that can ignore outliers).
+
+Our features are per-video-frame rows [N, D] (features/NAME.npy), so a window is a stack of
+neighbouring rows: AudioNet sees `audio_window` rows around a frame, AudioAttNet combines the codes
+of `att_window` frames around it, hence one frame consumes `audio_window + att_window - 1` rows
+centred on it (`AudioEncoder.window`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class AudioNet(nn.Module):
+    """[B, W, D] window of feature rows -> [B, out_dim] code (AD-NeRF AudioNet, ER-NeRF/TG identical)."""
+
+    def __init__(self, in_dim: int, out_dim: int = 32, window: int = 9):
+        super().__init__()
+        chans = [in_dim, 32, 32, 64, 64]
+        convs, w = [], window
+        for i in range(4):
+            convs.append(nn.Conv1d(chans[i], chans[i + 1], 3, stride=2, padding=1))
+            w = (w + 1) // 2
+        self.convs = nn.ModuleList(convs)
+        self.mlp = nn.Sequential(nn.Linear(64, 64), nn.LeakyReLU(0.02), nn.Linear(64, out_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.transpose(1, 2)  # [B, D, W]
+        for conv in self.convs:
+            h = F.leaky_relu(conv(h), 0.02)
+        return self.mlp(h.mean(-1))  # [B, out_dim]
+
+
+class AudioAttNet(nn.Module):
+    """[B, A, C] codes of A neighbouring frames -> [B, C] softmax-weighted sum (AD-NeRF AudioAttNet)."""
+
+    def __init__(self, dim: int = 32, length: int = 9):
+        super().__init__()
+        chans = [dim, 16, 8, 4, 2, 1]
+        self.convs = nn.ModuleList([nn.Conv1d(chans[i], chans[i + 1], 3, padding=1) for i in range(5)])
+        self.linear = nn.Linear(length, length)
+
+    def weights(self, codes: torch.Tensor) -> torch.Tensor:
+        h = codes.transpose(1, 2)  # [B, C, A]
+        for conv in self.convs:
+            h = F.leaky_relu(conv(h), 0.02)
+        return torch.softmax(self.linear(h[:, 0]), -1)  # [B, A]
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        return (self.weights(codes)[..., None] * codes).sum(1)  # [B, C]
+
+
+class AudioEncoder(nn.Module):
+    """Feature windows [B, audio_window + att_window - 1, D] (raw rows) -> audio code [B, dim].
+
+    Rows are normalised with the training clip's per-dimension mean/std (buffers, saved with the
+    model, so new audio is normalised the same way).
+    """
+
+    def __init__(self, in_dim: int, dim: int = 32, audio_window: int = 9, att_window: int = 9):
+        super().__init__()
+        self.in_dim, self.audio_window, self.att_window = in_dim, audio_window, att_window
+        self.net = AudioNet(in_dim, dim, audio_window)
+        self.att = AudioAttNet(dim, att_window)
+        self.register_buffer("feat_mean", torch.zeros(in_dim))
+        self.register_buffer("feat_std", torch.ones(in_dim))
+
+    @property
+    def window(self) -> int:
+        return self.audio_window + self.att_window - 1
+
+    def set_normalisation(self, feats: torch.Tensor) -> None:
+        """feats: [N, D] training rows."""
+        self.feat_mean.copy_(feats.mean(0))
+        self.feat_std.copy_(feats.std(0).clamp_min(1e-4))
+
+    def forward(self, windows: torch.Tensor, smooth: bool = True) -> torch.Tensor:
+        """windows: [B, W, D] with W == self.window, frame at the centre -> [B, dim]."""
+        b, w, d = windows.shape
+        if w != self.window or d != self.in_dim:
+            raise ValueError(f"audio windows must be [B, {self.window}, {self.in_dim}], got {tuple(windows.shape)}")
+        x = (windows - self.feat_mean) / self.feat_std  # [B, W, D]
+        if not smooth:
+            c = self.att_window // 2
+            return self.net(x[:, c:c + self.audio_window])
+        sub = x.unfold(1, self.audio_window, 1)  # [B, A, D, aw]
+        codes = self.net(sub.permute(0, 1, 3, 2).reshape(b * self.att_window, self.audio_window, d))
+        return self.att(codes.reshape(b, self.att_window, -1))
+
+
+def feature_windows(feats: torch.Tensor, window: int) -> torch.Tensor:
+    """[N, D] per-frame rows -> [N, window, D] windows centred on each frame, edge padded.
+
+    Edge padding (repeat the first/last row) rather than zeros: a zero row is not the feature of
+    silence for most extractors (design/model.md §5, "mouth ajar on silent audio").
+    """
+    r = window // 2
+    idx = torch.arange(feats.shape[0], device=feats.device)[:, None] + torch.arange(-r, window - r, device=feats.device)[None]
+    return feats[idx.clamp(0, feats.shape[0] - 1)]  # [N, window, D]

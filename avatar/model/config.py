@@ -1,0 +1,47 @@
+"""Model configuration (one dataclass, a docstring under every field)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Sizes and options of the Gaussian avatar (see avatar/model/*.py for the papers followed)."""
+
+    face_points: int = 6000
+    """Initial head Gaussians sampled on the fitted face surface (triangulated 3D landmark shape)."""
+    shell_points: int = 3000
+    """Initial head Gaussians on an ellipsoid shell behind/around the face (hair, ears, back of the head)."""
+    mouth_points: int = 1500
+    """Initial mouth-interior Gaussians (teeth, tongue) behind the inner lip contour."""
+    torso_points: int = 3000
+    """Initial torso Gaussians (neck, shoulders) unprojected from the parsing masks of a reference frame."""
+    sh_degree: int = 1
+    """Spherical-harmonics degree of the colours (0 = view-independent; TalkingGaussian uses 2)."""
+    init_opacity: float = 0.5
+    """Initial opacity of Gaussians that project onto the person."""
+    audio_dim: int = 32
+    """Size of the audio code (AudioNet output, design/model.md §3)."""
+    audio_window: int = 9
+    """Feature rows (odd) AudioNet reads around a frame (9 rows at 25 fps = ±160 ms, like DeepSpeech's window)."""
+    att_window: int = 9
+    """Frames (odd) whose audio codes AudioAttNet smooths over."""
+    grid_levels: int = 12
+    """Levels of each tri-plane hash grid of the face motion field."""
+    grid_base_res: int = 16
+    """Coarsest grid resolution (cells per axis over the head box)."""
+    grid_max_res: int = 64
+    """Finest grid resolution (TalkingGaussian uses ≈39 over its head box)."""
+    grid_log2_table: int = 17
+    """log2 of the hash table size per level."""
+    motion_hidden: int = 64
+    """Hidden width of the face motion MLP."""
+    motion_scale: float = 0.07
+    """Δposition = motion_scale * face size * network output (TalkingGaussian: 0.01 on a 0.15-wide head)."""
+    mouth_motion_scale: float = 0.07
+    """Same for the mouth-interior translation."""
+    torso: bool = True
+    """Model the torso with its own Gaussians (else the head is composited straight over the background)."""
+    torso_motion_scale: float = 0.05
+    """Scale of the torso's pose-conditioned residual offsets (in face sizes)."""

@@ -1,0 +1,1 @@
+"""Training: configs and presets, data streaming, losses, densification strategy, trainer, checkpoints."""

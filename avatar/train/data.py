@@ -1,0 +1,127 @@
+"""Streaming access to a dataset folder at the training resolution, with bounded memory.
+
+Frames are decoded by `avatar.dataset.FrameCache` (small, full resolution) and the resized
+(rgb, labels) pairs are kept in an LRU of `cache_frames` entries, so RAM is O(cache), not O(clip):
+a 5-minute clip at 256 px with the default 3000-frame cache holds < 0.8 GB of pixels.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+import torch
+
+from avatar.dataset import MASK_LABELS, PERSON_LABELS, DatasetInfo, FrameCache
+from avatar.errors import AvatarError
+from avatar.model.audio import feature_windows
+from avatar.model.geometry import LIPS_OUTER
+from avatar.train.config import DataConfig
+
+PERSON_IDS = tuple(MASK_LABELS[n] for n in PERSON_LABELS)
+
+
+def render_size(width: int, height: int, resolution: int) -> tuple[int, int, float]:
+    """(w, h, scale) for a longer side of `resolution` px (0 or larger than the source = unchanged)."""
+    if resolution <= 0 or resolution >= max(width, height):
+        return width, height, 1.0
+    s = resolution / max(width, height)
+    return max(8, round(width * s)), max(8, round(height * s)), s
+
+
+class FitData:
+    """Everything the trainer reads from DATA_DIR, as torch tensors at the training resolution."""
+
+    def __init__(self, info: DatasetInfo, cfg: DataConfig, window: int, device: torch.device | str = "cpu"):
+        import cv2
+
+        self.info, self.cfg, self.device, self.window = info, cfg, torch.device(device), window
+        self.width, self.height, self.scale = render_size(info.width, info.height, cfg.resolution)
+        sx, sy = self.width / info.width, self.height / info.height
+        pose = info.camera_pose()
+        if pose.R.shape[0] != info.num_frames:
+            raise AvatarError(f"{info.root}/pose.npz: {pose.R.shape[0]} poses for {info.num_frames} frames; re-run preprocess")
+        self.pose = pose
+        self.K = torch.tensor([[pose.focal * sx, 0, pose.cx * sx], [0, pose.focal * sy, pose.cy * sy], [0, 0, 1]],
+                              dtype=torch.float32, device=self.device)  # [3, 3]
+        self.viewmats = torch.as_tensor(pose.viewmats(), device=self.device)  # [N, 4, 4]
+        self.feature_name = cfg.feature or info.default_feature
+        self.feats = torch.as_tensor(np.array(info.feature(self.feature_name), np.float32), device=self.device)  # [N, D]
+        self.feature_meta = dict(vars(info.features[self.feature_name]))
+        self.blink = torch.as_tensor(info.blink().astype(np.float32), device=self.device)  # [N]
+        self.landmarks = info.landmarks()  # [N, 478, 2] mmap, dataset pixels
+        if len(self.blink) != info.num_frames or self.landmarks.shape[0] != info.num_frames:
+            raise AvatarError(f"{info.root}: blink/landmarks do not have one row per frame; re-run preprocess")
+        bg = cv2.imread(str(info.path("background.png")), cv2.IMREAD_COLOR)
+        if bg is None:
+            raise AvatarError(f"{info.path('background.png')}: missing or unreadable; re-run preprocess")
+        bg = cv2.resize(cv2.cvtColor(bg, cv2.COLOR_BGR2RGB), (self.width, self.height), interpolation=cv2.INTER_AREA)
+        self.background = torch.as_tensor(bg, device=self.device).float() / 255.0  # [H, W, 3]
+        self.train_idx = info.indices("train")
+        self.val_idx = info.indices("val")
+        if len(self.train_idx) == 0:
+            raise AvatarError(f"{info.root}/dataset.json: empty training split")
+        self._decoder = FrameCache(info, capacity=4)
+        self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+
+    @property
+    def feat_dim(self) -> int:
+        return int(self.feats.shape[1])
+
+    def frame(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(rgb uint8 [h, w, 3], labels uint8 [h, w]) of frame k at the training resolution."""
+        import cv2
+
+        k = int(k)
+        hit = self._cache.get(k)
+        if hit is not None:
+            self._cache.move_to_end(k)
+            return hit
+        rgb, lab = self._decoder.get(k)
+        if (rgb.shape[1], rgb.shape[0]) != (self.width, self.height):
+            rgb = cv2.resize(rgb, (self.width, self.height), interpolation=cv2.INTER_AREA)
+            lab = cv2.resize(lab, (self.width, self.height), interpolation=cv2.INTER_NEAREST)
+        self._cache[k] = (rgb, lab)
+        if len(self._cache) > self.cfg.cache_frames:
+            self._cache.popitem(last=False)
+        return rgb, lab
+
+    def lips_rect(self, k: int, margin: float = 0.3) -> tuple[int, int, int, int]:
+        """Square box (x0, y0, x1, y1) around the outer lip landmarks at the training resolution (TG lips rect)."""
+        p = np.asarray(self.landmarks[k][list(LIPS_OUTER)]) * np.array([self.width / self.info.width, self.height / self.info.height])
+        c = (p.min(0) + p.max(0)) / 2
+        half = (p.max(0) - p.min(0)).max() / 2 * (1 + margin)
+        x0, y0 = np.floor(c - half).astype(int)
+        x1, y1 = np.ceil(c + half).astype(int)
+        return max(0, x0), max(0, y0), min(self.width, x1), min(self.height, y1)
+
+    def windows(self, idx: np.ndarray | list[int]) -> torch.Tensor:
+        """[B, W, D] edge-padded feature windows centred on frames idx."""
+        r = self.window // 2
+        idx_t = torch.as_tensor(np.asarray(idx), device=self.device)[:, None] + torch.arange(-r, self.window - r, device=self.device)
+        return self.feats[idx_t.clamp(0, self.feats.shape[0] - 1)]
+
+    def all_windows(self) -> torch.Tensor:
+        return feature_windows(self.feats, self.window)
+
+    def batch(self, idx: np.ndarray | list[int]) -> dict[str, torch.Tensor]:
+        """Tensors for frames idx: rgb [B,H,W,3] in [0,1], labels [B,H,W] long, viewmats, feats [B,W,D], blink [B], lips [B,H,W,1]."""
+        rgbs, labs, lips = [], [], []
+        for k in idx:
+            rgb, lab = self.frame(k)
+            rgbs.append(rgb)
+            labs.append(lab)
+            m = np.zeros((self.height, self.width, 1), np.float32)
+            x0, y0, x1, y1 = self.lips_rect(int(k))
+            m[y0:y1, x0:x1] = 1
+            lips.append(m)
+        dev = self.device
+        return {
+            "idx": torch.as_tensor(np.asarray(idx)),
+            "rgb": torch.as_tensor(np.stack(rgbs), device=dev).float() / 255.0,
+            "labels": torch.as_tensor(np.stack(labs), device=dev).long(),
+            "viewmats": self.viewmats[torch.as_tensor(np.asarray(idx), device=dev)],
+            "feats": self.windows(idx),
+            "blink": self.blink[torch.as_tensor(np.asarray(idx), device=dev)],
+            "lips": torch.as_tensor(np.stack(lips), device=dev),
+        }

@@ -1,0 +1,119 @@
+"""Benchmark `avatar fit`: held-out head PSNR and LMD against wall-clock training minutes, peak RAM.
+
+    python bench/fit.py                                   # CPU preset, lieu_60s_256px.mp4, 30 min
+    python bench/fit.py --minutes 5 --every 1             # shortened run
+    python bench/fit.py --data DATA_DIR                   # reuse a preprocessed dataset
+
+Trains with the `cpu` preset (and, when CUDA is available, the `gpu` preset) and evaluates the
+held-out frames every `--every` minutes of training time (evaluation time is not counted).
+Issue targets: CPU head PSNR >= 28 dB within 30 min on 2 cores; GPU >= 33 dB within 10 min.
+Ends with ONE JSON line of figures. No asserts: this is a measurement, not a test.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see avatar/commands/fit.py: busy-waiting threads on shared cores
+
+import argparse
+import json
+import resource
+import sys
+import time
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_VIDEO = ROOT.parent / "shared" / "data" / "video" / "lieu_60s_256px.mp4"
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_preset(preset: str, data_dir: Path, out: Path, minutes: float, every: float, device: str, eval_frames: int,
+               overrides: dict[str, str]) -> dict:
+    from avatar.config import apply_overrides
+    from avatar.evaluation import evaluate_run
+    from avatar.train.presets import get_preset
+    from avatar.train.trainer import Trainer
+
+    # time_limit_min = the bench budget: the LR schedule then follows training time (see Trainer._set_learning_rates).
+    cfg = apply_overrides(get_preset(preset), {"device": device, "time_limit_min": str(minutes), "eval_every": "0",
+                                               "final_eval": "false", **overrides})
+    # The schedule length: as many steps as fit in `minutes` (estimated after a short probe) so the LR decays properly.
+    tr = Trainer(cfg, data_dir, out, progress=False)
+    curve = []
+    mark = every
+    t_probe = time.perf_counter()
+    while tr.step < min(30, cfg.iters):
+        tr.train_step()
+    sec_per_it = (time.perf_counter() - t_probe) / max(1, tr.step)
+    print(f"[{preset}] {sec_per_it:.3f} s/it at {tr.data.width}x{tr.data.height}, "
+          f"{sum(len(s) for s in tr.model.sets().values())} Gaussians", flush=True)
+    tr.elapsed = time.perf_counter() - t_probe
+    last = time.perf_counter()
+    while tr.step < cfg.iters and tr.elapsed < minutes * 60:
+        tr.train_step()
+        now = time.perf_counter()
+        tr.elapsed += now - last
+        last = now
+        if tr.elapsed >= mark * 60 or tr.step >= cfg.iters or tr.elapsed >= minutes * 60:
+            tr.finish(evaluate=False)
+            m = evaluate_run(out, device=str(tr.device), write=False, max_frames=eval_frames)
+            row = {"minutes": round(tr.elapsed / 60, 2), "step": tr.step, "head_psnr": round(m["head_psnr"], 3),
+                   "full_psnr": round(m["full_psnr"], 3), "head_ssim": round(m["head_ssim"], 4),
+                   "lmd": round(m["lmd"], 3), "gaussians": sum(len(s) for s in tr.model.sets().values())}
+            curve.append(row)
+            print(f"[{preset}] {json.dumps(row)}", flush=True)
+            mark += every
+            last = time.perf_counter()
+    final = curve[-1] if curve else {}
+    return {"preset": preset, "sec_per_it": round(sec_per_it, 4), "resolution": [tr.data.width, tr.data.height],
+            "curve": curve, "final": final, "peak_rss_mb": round(peak_rss_mb(), 1)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--video", type=Path, default=DEFAULT_VIDEO)
+    ap.add_argument("--data", type=Path, default=None, help="preprocessed dataset folder (skips preprocessing)")
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_fit")
+    ap.add_argument("--minutes", type=float, default=30.0, help="CPU training minutes")
+    ap.add_argument("--gpu-minutes", type=float, default=10.0)
+    ap.add_argument("--every", type=float, default=5.0, help="evaluate every N training minutes")
+    ap.add_argument("--eval-frames", type=int, default=60, help="held-out frames per evaluation (0 = all)")
+    ap.add_argument("--iters", type=int, default=0, help="schedule length (0 = the preset's)")
+    ap.add_argument("--resolution", type=int, default=0, help="override data.resolution of the presets (0 = keep)")
+    ap.add_argument("--no-gpu", action="store_true")
+    args = ap.parse_args(argv)
+    warnings.filterwarnings("ignore", message=".*backend.*")
+    import torch
+
+    result: dict = {"bench": "fit", "video": str(args.video)}
+    data_dir = args.data
+    if data_dir is None:
+        from avatar.preprocess.pipeline import run_preprocess
+
+        data_dir = args.out / "data"
+        t0 = time.perf_counter()
+        run_preprocess(args.video, data_dir, progress=False)
+        result["preprocess_s"] = round(time.perf_counter() - t0, 1)
+    over = {"iters": str(args.iters)} if args.iters else {}
+    if args.resolution:
+        over["data.resolution"] = str(args.resolution)
+    torch.set_num_threads(2)
+    result["cpu"] = run_preset("cpu", data_dir, args.out / "cpu", args.minutes, args.every, "cpu", args.eval_frames, over)
+    if torch.cuda.is_available() and not args.no_gpu:
+        result["gpu"] = run_preset("gpu", data_dir, args.out / "gpu", args.gpu_minutes, max(1.0, args.gpu_minutes / 5),
+                                   "cuda", args.eval_frames, over)
+        result["gpu"]["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)
+    else:
+        result["gpu"] = None
+    result["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,257 @@
+"""Per-frame semantic label maps (avatar.dataset.MASK_LABELS) from a person matte + face-mesh polygons.
+
+No face-parsing network (BiSeNet's checkpoint is a drive link, preprocess.md §1): the person matte comes
+from MediaPipe SelfieSegmentation (model shipped in the mediapipe wheel) and the face regions from the
+478 face-mesh landmarks, following the recipe of ../shared/design/preprocess.md §4:
+
+- mouth  = inside the inner-lip contour (teeth, tongue);
+- eyes   = inside the two eyelid contours;
+- face   = inside the face oval (skin incl. lips, brows, nose), where the matte is not clearly background,
+           plus skin-coloured forehead pixels just above the oval (the mesh's oval stops mid-forehead);
+- hair   = person pixels above the "cut line" (the lower face oval from jaw corner 172 around the chin
+           to 397, extended horizontally to the image borders) inside a generous head box, not face;
+- neck   = person pixels below the cut line inside a quad hanging from the jaw corners (172, 397, widened)
+           down to 0.6 chin-to-nose-bridge lengths below the chin (design note's shoulder heuristic [U]),
+           with the face's skin chroma (YCrCb) when the frame is given, so collars/scarves are torso;
+- torso  = every other person pixel; background = the rest.
+
+Pixels are painted in priority order (torso < neck < hair < face < eyes < mouth), so labels are
+disjoint by construction. Known limits: long hair below the jaw becomes torso/neck; ears below the
+cut line become neck/torso; hands in front of the face become face where they are inside the oval.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+from avatar.dataset import MASK_LABELS
+from avatar.errors import AvatarError
+
+# Landmark loops (preprocess.md §2b, MediaPipe face_mesh_connections).
+FACE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377, 152,
+             148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109)
+LIPS_INNER = (78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 415, 310, 311, 312, 13, 82, 81, 80, 191)
+LIPS_OUTER = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39, 40, 185)
+RIGHT_EYE = (33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246)
+LEFT_EYE = (263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387, 388, 466)
+# Lower face oval between the jaw corners: the head/body cut line (extended horizontally outwards
+# from the jaw corners, so hair and ears beside the cheeks stay head).
+CUT_LINE = (397, 365, 379, 378, 400, 377, 152, 148, 176, 149, 150, 136, 172)
+JAW_RIGHT, JAW_LEFT = 172, 397  # subject's right (image left) / left jaw corners
+CHIN, NOSE_BRIDGE = 152, 168
+
+_SHIFT = 4  # cv2.fillPoly fractional bits: sub-pixel polygon rasterisation (1/16 px)
+
+L_BG, L_FACE, L_MOUTH, L_EYES = (MASK_LABELS[k] for k in ("background", "face", "mouth", "eyes"))
+L_HAIR, L_NECK, L_TORSO = (MASK_LABELS[k] for k in ("hair", "neck", "torso"))
+
+
+def _fill(shape: tuple[int, int], pts: np.ndarray) -> np.ndarray:
+    """[H, W] bool mask of the polygon `pts` ([P, 2] float pixels, x right y down)."""
+    import cv2
+
+    m = np.zeros(shape, np.uint8)
+    p = np.round(np.asarray(pts, np.float64) * (1 << _SHIFT)).astype(np.int32)
+    # keep coordinates inside int range when a polygon extends far outside the image
+    lim = (1 << 28)
+    np.clip(p, -lim, lim, out=p)
+    cv2.fillPoly(m, [p.reshape(-1, 1, 2)], 1, lineType=cv2.LINE_8, shift=_SHIFT)
+    return m.view(bool)
+
+
+def _skin_model(rgb: np.ndarray, skin: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Robust chroma model of the `skin` pixels: (median, robust std) of YCrCb (Cr, Cb), or None."""
+    import cv2
+
+    sub = skin[::3, ::3]  # a subsample of the face pixels is plenty for a median
+    if sub.sum() < 20:
+        return None
+    sk = cv2.cvtColor(np.ascontiguousarray(rgb[::3, ::3][sub][None]), cv2.COLOR_RGB2YCrCb)[0, :, 1:].astype(np.float32)
+    med = np.median(sk, axis=0)  # [2]
+    mad = np.maximum(1.4826 * np.median(np.abs(sk - med), axis=0), 3.0)  # robust std, >= 3 levels
+    return med, mad
+
+
+def _skin_like(rgb: np.ndarray, model: tuple[np.ndarray, np.ndarray] | None, where: np.ndarray,
+               k: float = 4.0) -> np.ndarray:
+    """[H, W] bool: pixels inside `where` whose chroma (YCrCb Cr, Cb) is within k robust standard
+    deviations of the skin model (the face's chroma). Chroma ignores most shading."""
+    import cv2
+
+    if model is None:
+        return where.copy()
+    rows = np.flatnonzero(where.any(axis=1))
+    cols = np.flatnonzero(where.any(axis=0))
+    out = np.zeros(where.shape, bool)
+    if len(rows) == 0:
+        return out
+    med, mad = model
+    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    ycc = cv2.cvtColor(np.ascontiguousarray(rgb[y0:y1, x0:x1]), cv2.COLOR_RGB2YCrCb)[..., 1:].astype(np.float32)
+    d2 = (((ycc - med) / mad) ** 2).sum(-1)
+    ok = ((d2 < k * k) * 255).astype(np.uint8)
+    ok = cv2.morphologyEx(ok, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7)))  # fill speckles
+    out[y0:y1, x0:x1] = (ok > 0) & where[y0:y1, x0:x1]
+    return out
+
+
+def labels_from_matte(matte: np.ndarray, landmarks: np.ndarray | None, person_threshold: float = 0.5,
+                      face_threshold: float = 0.1, neck_length: float = 0.6, neck_widen: float = 0.1,
+                      head_box: float = 0.7, rgb: np.ndarray | None = None, forehead: float = 1.2) -> np.ndarray:
+    """Label map [H, W] uint8 from a person matte ([H, W] float in [0, 1]) and face landmarks.
+
+    `landmarks`: [>=468, 2] pixels (x right, y down); None or non-finite -> only background/torso.
+    `neck_length`: neck bottom below the chin in chin-to-nose-bridge lengths. `neck_widen`: neck quad
+    widening on each side as a share of the jaw width. `head_box`: hair is searched within the face
+    oval's bounding box grown by this share of its width (sides) and its height (top).
+    `rgb` ([H, W, 3] uint8, optional): when given, neck pixels must also have the face's skin chroma
+    (except a strip just under the jaw), so a collar or scarf inside the neck quad becomes torso; and
+    skin-coloured pixels above the oval inside an oval stretched upwards by `forehead` become face
+    (the mesh's oval stops mid-forehead).
+    """
+    H, W = matte.shape[:2]
+    person = matte > person_threshold  # [H, W]
+    labels = np.zeros((H, W), np.uint8)
+    labels[person] = L_TORSO
+    if landmarks is None:
+        return labels
+    lm = np.asarray(landmarks, np.float64)[:, :2]  # [478, 2]
+    if lm.shape[0] < 468 or not np.isfinite(lm[:468]).all():
+        return labels
+    shape = (H, W)
+    big = 4.0 * max(H, W)
+
+    # head area = above the cut line (lower oval 397..172, extended horizontally to the borders)
+    cut = lm[list(CUT_LINE)]
+    y_r, y_l = cut[0, 1], cut[-1, 1]
+    head_poly = np.concatenate([[[big, y_r]], cut, [[-big, y_l], [-big, -big], [big, -big]]])
+    above = _fill(shape, head_poly)
+
+    oval = lm[list(FACE_OVAL)]
+    x0, y0 = oval.min(axis=0)
+    x1, y1 = oval.max(axis=0)
+    fw, fh = x1 - x0, y1 - y0
+    box = np.zeros(shape, bool)
+    bx0, bx1 = int(max(0, np.floor(x0 - head_box * fw))), int(min(W, np.ceil(x1 + head_box * fw)))
+    by0 = int(max(0, np.floor(y0 - head_box * fh)))
+    box[by0:, bx0:bx1] = True
+
+    # neck quad hanging from the widened jaw corners along the face's down axis
+    chin, bridge = lm[CHIN], lm[NOSE_BRIDGE]
+    down = chin - bridge
+    length = float(np.linalg.norm(down))
+    if length > 1e-6:
+        down = down / length
+        right = np.array([-down[1], down[0]])  # perpendicular
+        a, b = lm[JAW_RIGHT], lm[JAW_LEFT]
+        jaw_w = float(np.linalg.norm(b - a))
+        if np.dot(b - a, right) < 0:
+            right = -right
+        a = a - neck_widen * jaw_w * right
+        b = b + neck_widen * jaw_w * right
+        bottom = float(np.dot(chin, down)) + neck_length * length  # along `down`
+        c = b + (bottom - np.dot(b, down)) * down
+        d = a + (bottom - np.dot(a, down)) * down
+        neck_quad = _fill(shape, np.stack([a, b, c, d]))
+    else:
+        neck_quad = np.zeros(shape, bool)
+
+    oval_mask = _fill(shape, oval)
+    face = oval_mask & (matte > face_threshold)
+    eyes = _fill(shape, lm[list(RIGHT_EYE)]) | _fill(shape, lm[list(LEFT_EYE)])
+    lips = _fill(shape, lm[list(LIPS_OUTER)])
+    neck = person & ~above & neck_quad
+    if rgb is not None:
+        skin = _skin_model(rgb, face & ~eyes & ~lips)
+        if neck.any():
+            # the strip just under the jaw is neck whatever its colour (it is often in shadow)
+            near_jaw = _fill(shape, np.concatenate([cut, cut[::-1] + 0.25 * length * down])) if length > 1e-6 else neck
+            neck = _skin_like(rgb, skin, neck) | (neck & near_jaw)
+        # forehead above the oval (whose top is mid-forehead): skin-coloured pixels of a taller oval
+        centre = oval.mean(axis=0)
+        tall = oval.copy()
+        upper = oval[:, 1] < centre[1]
+        tall[upper, 1] = centre[1] + forehead * (oval[upper, 1] - centre[1])
+        brow = person & above & _fill(shape, tall) & ~oval_mask
+        if brow.any() and skin is not None:
+            face |= _skin_like(rgb, skin, brow, k=3.0)
+    labels[person & above & box] = L_HAIR
+    labels[neck] = L_NECK
+    labels[face] = L_FACE
+    labels[eyes] = L_EYES
+    labels[_fill(shape, lm[list(LIPS_INNER)])] = L_MOUTH
+    return labels
+
+
+class MaskSegmenter:
+    """Label maps per frame: MediaPipe SelfieSegmentation matte + face-mesh polygons.
+
+    `model_selection=0` (general model, 256x256 input) is the default: our frames are square portrait
+    crops, for which the landscape model (144x256) wastes resolution (preprocess.md §4).
+    Use as a context manager (releases the MediaPipe graph):
+
+        with MaskSegmenter() as seg:
+            labels = seg(rgb, landmarks)  # [H, W] uint8, MASK_LABELS
+    """
+
+    def __init__(self, model_selection: Literal[0, 1] = 0, person_threshold: float = 0.5,
+                 neck_length: float = 0.6, temporal_smoothing: float = 0.0, skin_neck: bool = True):
+        """`temporal_smoothing` in [0, 1): weight of the previous frame's matte (EMA), 0 = off.
+        `skin_neck`: neck pixels must have the face's skin chroma (collars become torso)."""
+        if model_selection not in (0, 1):
+            raise AvatarError(f"selfie segmentation model_selection must be 0 or 1, got {model_selection}")
+        self.model_selection = model_selection
+        self.person_threshold = float(person_threshold)
+        self.neck_length = float(neck_length)
+        self.temporal_smoothing = float(temporal_smoothing)
+        self.skin_neck = bool(skin_neck)
+        self._seg = None
+        self._prev: np.ndarray | None = None
+        self.last_matte: np.ndarray | None = None
+        """[H, W] float32 person matte of the last call (for plates / previews)."""
+
+    def _segmenter(self):
+        if self._seg is None:
+            from mediapipe.python.solutions.selfie_segmentation import SelfieSegmentation
+
+            self._seg = SelfieSegmentation(model_selection=self.model_selection)
+        return self._seg
+
+    def matte(self, rgb: np.ndarray) -> np.ndarray:
+        """[H, W] float32 person probability for an RGB uint8 frame."""
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+            raise AvatarError(f"mask segmentation needs an RGB uint8 [H, W, 3] frame, got {rgb.dtype} {rgb.shape}")
+        res = self._segmenter().process(np.ascontiguousarray(rgb))
+        m = res.segmentation_mask
+        if m is None:
+            m = np.zeros(rgb.shape[:2], np.float32)
+        m = np.asarray(m, np.float32)
+        a = self.temporal_smoothing
+        if a > 0 and self._prev is not None and self._prev.shape == m.shape:
+            m = a * self._prev + (1 - a) * m
+        self._prev = m
+        return m
+
+    def __call__(self, rgb: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+        """Labels [H, W] uint8 (MASK_LABELS) for one RGB frame and its landmarks [478, 2] in pixels."""
+        m = self.matte(rgb)
+        self.last_matte = m
+        return labels_from_matte(m, landmarks, person_threshold=self.person_threshold,
+                                 neck_length=self.neck_length, rgb=rgb if self.skin_neck else None)
+
+    def reset(self) -> None:
+        """Forget the temporal state (call between clips)."""
+        self._prev = None
+
+    def close(self) -> None:
+        if self._seg is not None:
+            self._seg.close()
+            self._seg = None
+
+    def __enter__(self) -> "MaskSegmenter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,212 @@
+"""`avatar fit` on the tiny synthetic dataset: preset smoke runs, resume, faults, configs."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from avatar.config import apply_overrides, load_yaml, to_dict
+from avatar.errors import AvatarError
+from avatar.testing import make_tiny_dataset
+from avatar.train import trainer as trainer_mod
+from avatar.train.checkpoint import list_checkpoints, load_latest, save_checkpoint
+from avatar.train.config import FitConfig
+from avatar.train.presets import CONFIG_DIR, PRESETS, get_preset
+from avatar.train.trainer import Trainer, fit
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    return make_tiny_dataset(tmp_path_factory.mktemp("tinydata"), num_frames=24, size=64)
+
+
+def _quiet():
+    warnings.filterwarnings("ignore", message=".*backend.*")
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_two_iteration_smoke(name, tiny_data, tmp_path):
+    _quiet()
+    cfg = apply_overrides(get_preset(name), {"iters": "2", "device": "cpu", "eval_every": "0", "ckpt_every": "0",
+                                             "final_eval": "true" if name == "tiny" else "false"})
+    run = tmp_path / name
+    metrics = fit(cfg, tiny_data, run, progress=False)
+    assert (run / "model.pt").is_file() and (run / "checkpoints").is_dir()
+    assert metrics["iters"] == 2 and metrics["num_gaussians"] > 0
+    saved = load_yaml(FitConfig, run / "config.yaml")
+    assert to_dict(saved) == to_dict(cfg)
+    on_disk = json.loads((run / "metrics.json").read_text())
+    assert on_disk["fit_time_s"] >= 0
+    if name == "tiny":
+        for key in ("head_psnr", "full_psnr", "head_ssim", "lmd"):
+            assert key in on_disk
+        assert 5 < on_disk["full_psnr"] < 60
+    assert any(p.name.startswith("events") for p in (run / "tb").iterdir())
+
+
+def test_preset_yaml_files_match_python_presets():
+    for name, make in PRESETS.items():
+        assert to_dict(load_yaml(FitConfig, CONFIG_DIR / f"{name}.yaml")) == to_dict(make()), name
+
+
+def test_unknown_config_field_is_a_one_line_error():
+    with pytest.raises(AvatarError, match="no field 'model.bogus'"):
+        apply_overrides(get_preset("tiny"), {"model.bogus": "1"})
+    with pytest.raises(AvatarError, match="did you mean"):
+        apply_overrides(get_preset("tiny"), {"iter": "1"})
+    with pytest.raises(AvatarError, match="unknown preset"):
+        get_preset("nope")
+
+
+def _tiny_cfg(**over):
+    base = {"iters": "8", "ckpt_every": "4", "eval_every": "0", "final_eval": "false", "log_every": "1",
+            "strategy.refine_start": "2", "strategy.refine_every": "3", "strategy.refine_stop": "7", "optim.warmup": "2"}
+    base.update({k: str(v) for k, v in over.items()})
+    return apply_overrides(get_preset("tiny"), base)
+
+
+def _flat_state(tr: Trainer) -> dict[str, torch.Tensor]:
+    out = {f"model.{k}": v.detach().clone() for k, v in tr.model.state_dict().items()}
+    for name, opt in (("g", tr.gauss_opt), ("n", tr.net_opt)):
+        sd = opt.state_dict()
+        for pid, st in sd["state"].items():
+            for k, v in st.items():
+                out[f"{name}.{pid}.{k}"] = torch.as_tensor(v).clone()
+    return out
+
+
+def test_resume_after_interruption_continues_with_the_same_state(tiny_data, tmp_path, monkeypatch):
+    _quiet()
+    torch.set_num_threads(1)  # deterministic reductions for the bitwise comparison
+    cfg = _tiny_cfg()
+    ref = Trainer(cfg, tiny_data, tmp_path / "ref", progress=False)
+    ref.cfg = apply_overrides(ref.cfg, {"final_eval": "false"})
+    for _ in range(8):
+        ref.train_step()
+        if ref.step == 4:
+            state_at_4 = _flat_state(ref)
+            rng_at_4 = (torch.get_rng_state().clone(), ref.rng.bit_generator.state, ref.order.copy(), ref.order_pos)
+    ref_final = _flat_state(ref)
+
+    # interrupted run: Ctrl-C during step 5 -> checkpoint at step 4 -> re-run resumes
+    real_step = Trainer.train_step
+
+    def interrupting(self):
+        if self.step == 4:
+            raise KeyboardInterrupt
+        return real_step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg, tiny_data, tmp_path / "run", progress=False)
+    assert [s for s, _ in list_checkpoints(tmp_path / "run")][-1] == 4
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    resumed = Trainer(cfg, tiny_data, tmp_path / "run", progress=False)
+    assert resumed.step == 4
+    st = _flat_state(resumed)
+    assert st.keys() == state_at_4.keys()
+    for k in st:
+        torch.testing.assert_close(st[k], state_at_4[k], rtol=0, atol=0, msg=k)
+    assert torch.equal(torch.get_rng_state(), rng_at_4[0])
+    assert resumed.rng.bit_generator.state == rng_at_4[1]
+    assert np.array_equal(resumed.order, rng_at_4[2]) and resumed.order_pos == rng_at_4[3]
+    while resumed.step < 8:
+        resumed.train_step()
+    fin = _flat_state(resumed)
+    assert fin.keys() == ref_final.keys()
+    for k in fin:
+        torch.testing.assert_close(fin[k], ref_final[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_nan_loss_steps_are_skipped_then_training_stops(tiny_data, tmp_path, monkeypatch):
+    _quiet()
+    real = trainer_mod.compute_loss
+    calls = {"n": 0}
+
+    def sometimes_nan(out, batch, cfg):
+        calls["n"] += 1
+        loss, terms = real(out, batch, cfg)
+        if calls["n"] in (2, 3):
+            return loss * float("nan"), terms
+        return loss, terms
+
+    monkeypatch.setattr(trainer_mod, "compute_loss", sometimes_nan)
+    tr = Trainer(_tiny_cfg(iters=5), tiny_data, tmp_path / "a", progress=False)
+    before = {k: v.detach().clone() for k, v in tr.model.head.params.items()}
+    tr.train_step()
+    after1 = {k: v.detach().clone() for k, v in tr.model.head.params.items()}
+    with pytest.warns(UserWarning, match="non-finite"):
+        assert tr.train_step() is None
+    assert all(torch.equal(after1[k], v) for k, v in tr.model.head.params.items())  # skipped: nothing changed
+    assert not all(torch.equal(before[k], after1[k]) for k in before)
+    with pytest.warns(UserWarning, match="2 in a row"):
+        tr.train_step()
+    assert tr.train_step() is not None and tr.nan_streak == 0
+
+    monkeypatch.setattr(trainer_mod, "compute_loss", lambda out, batch, cfg: (real(out, batch, cfg)[0] * float("inf"), {}))
+    tr2 = Trainer(_tiny_cfg(iters=10, max_nan_steps=3), tiny_data, tmp_path / "b", progress=False)
+    with pytest.raises(AvatarError, match="3 non-finite losses in a row"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tr2.run()
+
+
+def test_failed_checkpoint_write_keeps_the_last_good_one(tmp_path, monkeypatch):
+    good = save_checkpoint(tmp_path, 10, {"step": 10, "x": torch.ones(3)})
+    assert good is not None
+
+    def disk_full(obj, f, *a, **k):
+        with open(f, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.warns(UserWarning, match="failed"):
+        assert save_checkpoint(tmp_path, 20, {"step": 20}) is None
+    monkeypatch.undo()
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [10]
+    assert load_latest(tmp_path)["step"] == 10
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".")]  # no temp left behind
+
+
+def test_keeps_only_the_last_checkpoints(tmp_path):
+    for s in (1, 2, 3, 4):
+        save_checkpoint(tmp_path, s, {"step": s}, keep=2)
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [3, 4]
+
+
+def test_incomplete_dataset_is_a_one_line_error(tmp_path):
+    (tmp_path / "d").mkdir()
+    with pytest.raises(AvatarError, match="incomplete"):
+        fit(get_preset("tiny"), tmp_path / "d", tmp_path / "run", progress=False)
+
+
+def test_fit_cli_on_a_dataset_folder_and_video_reuse(tiny_data, tmp_path, capsys):
+    import shutil
+
+    from avatar.cli import main
+    from avatar.commands.fit import prepare_dataset
+
+    run = tmp_path / "run"
+    assert main(["fit", str(tiny_data), "-o", str(run), "--preset", "tiny", "--iters", "3", "--final_eval", "false",
+                 "--no-progress", "--device", "cpu"]) == 0
+    assert (run / "model.pt").is_file()
+    assert load_yaml(FitConfig, run / "config.yaml").iters == 3
+    # re-running a finished run does not train again
+    assert main(["fit", str(tiny_data), "-o", str(run), "--preset", "tiny", "--iters", "3", "--final_eval", "false",
+                 "--no-progress"]) == 0
+    assert "already trained" in capsys.readouterr().out
+    # a video whose dataset already sits in RUN/data is not preprocessed again
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"not really a video")
+    run2 = tmp_path / "run2"
+    shutil.copytree(tiny_data, run2 / "data")
+    assert prepare_dataset(video, run2) == run2 / "data"
+    assert prepare_dataset(tiny_data, run2) == tiny_data
+    with pytest.raises(AvatarError, match="no such video"):
+        prepare_dataset(tmp_path / "missing.mp4", run2)
+    assert main(["fit", str(tmp_path / "notes.txt"), "-o", str(run2)]) == 2
