@@ -19,9 +19,13 @@ import os
 import statistics
 import time
 
-import torch
+# Idle OpenMP threads sleep instead of spinning: on a shared machine spinning threads burn the cores
+# the other thread needs (set OMP_WAIT_POLICY yourself to override). Must precede `import torch`.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import cuda_ext
+import torch  # noqa: E402
+
+import cuda_ext  # noqa: E402
 
 
 def head_scene(n: int, width: int, height: int, device: str = "cpu", seed: int = 0) -> dict:
@@ -97,7 +101,7 @@ def main() -> None:
     ap.add_argument("--skip-twin", action="store_true", help="do not time the PyTorch twin")
     args = ap.parse_args()
 
-    res: dict = {"threads": torch.get_num_threads(), "backends": cuda_ext.available_backends(),
+    res: dict = {"threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "backends": cuda_ext.available_backends(),
                  "load_avg_1min": round(os.getloadavg()[0], 2)}
     W = H = 256
     for n in (10_000, 50_000):

@@ -110,13 +110,19 @@ def test_eval_cli_json_and_side_by_side(tiny_run, capsys):
     assert "head PSNR" in capsys.readouterr().out
 
 
-def test_eval_audio_hook(tiny_run, capsys):
+def test_eval_audio_hook(tiny_run, capsys, monkeypatch):
+    import sys
+    import types
+
     from avatar.cli import main
 
-    try:
-        import avatar.lipsync  # noqa: F401
-    except ImportError:
-        assert main(["eval", str(tiny_run), "--audio", "x.wav"]) == 2
-        assert "not available yet" in capsys.readouterr().err
-    else:  # pragma: no cover - once the speak issue lands its own tests cover it
-        pytest.skip("avatar.lipsync exists")
+    monkeypatch.setitem(sys.modules, "avatar.lipsync", None)  # not installed -> one-line error
+    assert main(["eval", str(tiny_run), "--audio", "x.wav"]) == 2
+    assert "not available yet" in capsys.readouterr().err
+    seen = {}
+    fake = types.ModuleType("avatar.lipsync")
+    fake.eval_audio = lambda run_dir, audio: seen.update(run=str(run_dir), audio=str(audio)) or {"sync_score": 1.5}
+    monkeypatch.setitem(sys.modules, "avatar.lipsync", fake)
+    assert main(["eval", str(tiny_run), "--audio", "x.wav", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"sync_score": 1.5}
+    assert seen == {"run": str(tiny_run), "audio": "x.wav"}

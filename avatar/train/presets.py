@@ -25,7 +25,8 @@ def cpu() -> FitConfig:
                           grid_levels=8, grid_max_res=48, grid_log2_table=14, motion_hidden=64),
         loss=LossConfig(),
         strategy=StrategyConfig(refine_start=300, refine_stop=4000, refine_every=100, grad_threshold=2e-4, max_gaussians=20000),
-        optim=OptimConfig(warmup=300, sh_degree_every=1000),
+        # 4x TalkingGaussian's network rate: ~10x fewer steps than its 50k (lieu, step 809: +0.07 dB, LMD -0.03 px)
+        optim=OptimConfig(warmup=300, sh_degree_every=1000, net_lr=2e-3),
     )
 
 

@@ -6,8 +6,8 @@
 #include "raster_cpu.h"
 
 #ifdef CE_WITH_CUDA
-#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 
 #include "raster_cuda.h"
 #endif
@@ -44,7 +44,7 @@ bool use_cuda(const Tensor& ref) {
 }
 
 #ifdef CE_WITH_CUDA
-void* cur_stream() { return (void*)at::cuda::getCurrentCUDAStream().stream(); }
+void* cur_stream() { return (void*)c10::cuda::getCurrentCUDAStream().stream(); }
 #endif
 
 void check_projection_inputs(const Tensor& means, const Tensor& quats, const Tensor& scales, const Tensor& viewmats,
