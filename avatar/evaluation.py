@@ -8,6 +8,10 @@ compared to the real frame at the run's render resolution:
   lmd                     landmark distance (AD-NeRF/ER-NeRF "LMD"): mean distance between the 40
                           MediaPipe lip landmarks found on the rendered and on the real frame, in
                           pixels of the dataset resolution (frames are upscaled to it for tracking)
+  lmd_no_audio            the same LMD with the audio-driven motion switched off (lip_scale 0): how much
+                          the audio actually moves the lips (lmd well below lmd_no_audio = audio-driven)
+  mouth_corr              Pearson correlation over the held-out frames between the mouth opening (inner
+                          lip gap 13-14 / face height, MediaPipe) on rendered and on real frames
 plus RUN/eval/side_by_side.jpg (real above rendered).
 """
 
@@ -24,7 +28,14 @@ from avatar.errors import AvatarError
 from avatar.model.geometry import MOUTH_LANDMARKS
 from avatar.train.losses import psnr, ssim
 
-METRIC_KEYS = ("head_psnr", "full_psnr", "head_ssim", "full_ssim", "lmd")
+METRIC_KEYS = ("head_psnr", "full_psnr", "head_ssim", "full_ssim", "lmd", "lmd_no_audio", "mouth_corr")
+
+
+def _opening(pts: np.ndarray) -> float:
+    """Inner-lip gap (landmarks 13-14) over the face height (10-152) of one [478, 2] landmark set."""
+    from avatar.model.geometry import CHIN, FOREHEAD, LOWER_INNER_LIP, UPPER_INNER_LIP
+
+    return float(np.linalg.norm(pts[UPPER_INNER_LIP] - pts[LOWER_INNER_LIP]) / max(np.linalg.norm(pts[FOREHEAD] - pts[CHIN]), 1e-6))
 
 
 def _tracker():
@@ -63,6 +74,9 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", write: bool = True, 
     head_ids = torch.tensor([MASK_LABELS[h] for h in HEAD_LABELS], device=av.device)
     rows: dict[str, list[float]] = {k: [] for k in ("head_psnr", "full_psnr", "head_ssim", "full_ssim")}
     lmd_vals: list[float] = []
+    lmd_static: list[float] = []
+    open_real: list[float] = []
+    open_fake: list[float] = []
     sheet: list[tuple[np.ndarray, np.ndarray]] = []
     show = set(val[np.linspace(0, len(val) - 1, min(4, len(val))).round().astype(int)].tolist())
     up = (info.width, info.height)
@@ -86,13 +100,24 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", write: bool = True, 
             if trk_real is not None:
                 a = trk_real(cv2.resize(g8, up, interpolation=cv2.INTER_CUBIC))
                 b = trk_fake(cv2.resize(p8, up, interpolation=cv2.INTER_CUBIC))
+                idx = list(MOUTH_LANDMARKS)
                 if a is not None and b is not None:
-                    idx = list(MOUTH_LANDMARKS)
                     lmd_vals.append(float(np.linalg.norm(a[idx] - b[idx], axis=-1).mean()))
+                    open_real.append(_opening(a))
+                    open_fake.append(_opening(b))
+                if a is not None:
+                    still = av.render(batch["feats"], batch["viewmats"], batch["blink"], lip_scale=0.0)["rgb"]
+                    s8 = (still[0].cpu().numpy() * 255).round().astype(np.uint8)
+                    c = trk_fake(cv2.resize(s8, up, interpolation=cv2.INTER_CUBIC))
+                    if c is not None:
+                        lmd_static.append(float(np.linalg.norm(a[idx] - c[idx], axis=-1).mean()))
             if int(k) in show:
                 sheet.append((g8, p8))
     metrics = {k: (float(np.mean(v)) if v else float("nan")) for k, v in rows.items()}
     metrics["lmd"] = float(np.mean(lmd_vals)) if lmd_vals else float("nan")
+    metrics["lmd_no_audio"] = float(np.mean(lmd_static)) if lmd_static else float("nan")
+    ok = len(open_real) >= 3 and np.std(open_real) > 1e-6 and np.std(open_fake) > 1e-6
+    metrics["mouth_corr"] = float(np.corrcoef(open_real, open_fake)[0, 1]) if ok else float("nan")
     metrics["lmd_frames"] = len(lmd_vals)
     metrics["eval_frames"] = int(len(val))
     metrics["eval_resolution"] = [data.width, data.height]

@@ -70,22 +70,16 @@ def _interp_nan(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def eval_audio(run_dir: str | os.PathLike, audio_path: str | os.PathLike, *, device: str = "auto",
-               speak_config=None, min_face_ratio: float = 0.5, max_duration: float | None = 600.0) -> dict:
-    """Render `audio_path` with the avatar in `run_dir` and measure lip sync; same on the training clip.
+def render_sync(avatar, audio_path: str | os.PathLike, speak_config=None, *, min_face_ratio: float = 0.5) -> dict:
+    """Render `audio_path` with a loaded `avatar` and measure its lip sync (no training-clip figures).
 
-    Returns {"av_offset_frames", "av_corr", "gt_av_offset_frames", "gt_av_corr", "frames", "fps",
-    "mouth_measure" ("facemesh" | "gaussians"), "face_found_ratio", "gt_source"}.
-    """
-    from avatar.audio import load_audio, probe_duration
+    Returns {"av_offset_frames", "av_corr", "frames", "fps", "mouth_measure" ("facemesh" | "gaussians"),
+    "face_found_ratio", "audio"}. A fresh face-mesh tracker per file (video mode tracks across frames)."""
+    from avatar.audio import load_audio
     from avatar.preprocess.sync import av_offset
     from avatar.preprocess.sync import mouth_opening as mp_mouth_opening
-    from avatar.runtime import Avatar
     from avatar.speak import SpeakConfig, Speaker
 
-    if max_duration is not None and probe_duration(audio_path) > max_duration:
-        raise AvatarError(f"{audio_path}: longer than {max_duration:.0f} s; lip-sync evaluation is meant for clips")
-    avatar = Avatar.load(run_dir, device=device)
     cfg = speak_config or SpeakConfig()
     sp = Speaker(avatar, cfg)
     wav = load_audio(audio_path, sr=SR)
@@ -112,6 +106,17 @@ def eval_audio(run_dir: str | os.PathLike, audio_path: str | os.PathLike, *, dev
         mouth = gaussian_mouth_opening(avatar, wins, np.asarray(rec["blink"], np.float32), cfg.lip_scale)
         measure = "gaussians"
     lag, corr = av_offset(mouth, wav, SR, sp.fps)
+    return {"av_offset_frames": int(lag), "av_corr": float(corr), "frames": n, "fps": sp.fps, "mouth_measure": measure,
+            "face_found_ratio": ratio, "audio": str(Path(audio_path))}
+
+
+def clip_sync(avatar) -> dict:
+    """The reference figures: AV-offset / AV-corr of the training clip (its landmarks and audio).
+
+    Returns {"gt_av_offset_frames", "gt_av_corr", "gt_source"} (None / "none" when the dataset is gone)."""
+    from avatar.audio import load_audio
+    from avatar.preprocess.sync import av_offset
+    from avatar.preprocess.sync import mouth_opening as mp_mouth_opening
 
     gt_lag, gt_corr, gt_src = None, None, "none"
     try:
@@ -125,8 +130,27 @@ def eval_audio(run_dir: str | os.PathLike, audio_path: str | os.PathLike, *, dev
             gt_src = str(info.root)
     except (AvatarError, OSError, KeyError):
         pass
-    return {"av_offset_frames": int(lag), "av_corr": float(corr),
-            "gt_av_offset_frames": None if gt_lag is None else int(gt_lag),
-            "gt_av_corr": None if gt_corr is None else float(gt_corr),
-            "frames": n, "fps": sp.fps, "mouth_measure": measure, "face_found_ratio": ratio,
-            "audio": str(Path(audio_path)), "gt_source": gt_src}
+    return {"gt_av_offset_frames": None if gt_lag is None else int(gt_lag),
+            "gt_av_corr": None if gt_corr is None else float(gt_corr), "gt_source": gt_src}
+
+
+def eval_audio(run_dir: str | os.PathLike, audio_path: str | os.PathLike, *, device: str = "auto",
+               speak_config=None, min_face_ratio: float = 0.5, max_duration: float | None = 600.0) -> dict:
+    """Render `audio_path` with the avatar in `run_dir` and measure lip sync; same on the training clip.
+
+    Returns {"av_offset_frames", "av_corr", "gt_av_offset_frames", "gt_av_corr", "frames", "fps",
+    "mouth_measure" ("facemesh" | "gaussians"), "face_found_ratio", "gt_source"}
+    (`render_sync` + `clip_sync`; bench/lipsync.py runs them over a folder of audio files).
+    """
+    from avatar.audio import probe_duration
+    from avatar.runtime import Avatar
+
+    if max_duration is not None and probe_duration(audio_path) > max_duration:
+        raise AvatarError(f"{audio_path}: longer than {max_duration:.0f} s; lip-sync evaluation is meant for clips")
+    avatar = Avatar.load(run_dir, device=device)
+    r = render_sync(avatar, audio_path, speak_config, min_face_ratio=min_face_ratio)
+    g = clip_sync(avatar)
+    return {"av_offset_frames": r["av_offset_frames"], "av_corr": r["av_corr"],
+            "gt_av_offset_frames": g["gt_av_offset_frames"], "gt_av_corr": g["gt_av_corr"],
+            "frames": r["frames"], "fps": r["fps"], "mouth_measure": r["mouth_measure"],
+            "face_found_ratio": r["face_found_ratio"], "audio": r["audio"], "gt_source": g["gt_source"]}

@@ -25,6 +25,10 @@ from avatar.errors import AvatarError
 MODEL_FORMAT = "avatar-model"
 MODEL_VERSION = 1
 
+PLATE_DEPTH_FACTOR = 2.5
+"""Free-view cameras: the background plate is treated as a plane fronto-parallel to the training camera
+at this many times the mean head depth (the training poses' z), i.e. a wall well behind the person."""
+
 
 def save_model(path: str | Path, model, cfg, data, data_dir: str | Path) -> None:
     """Write model.pt for `Avatar.load` (atomic)."""
@@ -47,6 +51,50 @@ def save_model(path: str | Path, model, cfg, data, data_dir: str | Path) -> None
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
+
+
+def plate_homographies(K: torch.Tensor, cameras: torch.Tensor, depth: float) -> torch.Tensor:
+    """[B, 3, 3] pixel maps training image -> new image for the plane z = depth of the training camera.
+
+    A point X on the plane n^T X = depth (n = [0, 0, 1]) seen by the new camera X' = R X + t satisfies
+    X' = (R + t n^T / depth) X, hence the plane-induced homography H = K (R + t n^T / depth) K^-1
+    (Hartley & Zisserman, Multiple View Geometry, 2nd ed., eq. 13.2, written for the plane n^T X = d
+    rather than n^T X + d = 0, hence the sign)."""
+    K = K.to(cameras.dtype)
+    n = torch.tensor([0.0, 0.0, 1.0], dtype=cameras.dtype, device=cameras.device)
+    A = cameras[:, :3, :3] + cameras[:, :3, 3:4] * n[None, None, :] / depth  # [B, 3, 3]
+    return K[None] @ A @ torch.linalg.inv(K)[None]
+
+
+def reproject_plate(plate: torch.Tensor, K: torch.Tensor, cameras: torch.Tensor, depth: float) -> torch.Tensor:
+    """Warp a background image [H, W, 3] for B camera moves [B, 4, 4] -> [B, H, W, 3].
+
+    Each output pixel centre (j + 0.5, i + 0.5) (the rasterizer's convention) is mapped back through
+    H^-1 (`plate_homographies`) and sampled bilinearly; pixels whose source falls outside the plate take
+    the nearest edge pixel (edge clamp). Frames whose camera is exactly the identity get the plate
+    unchanged (bit for bit)."""
+    h, w = plate.shape[:2]
+    dev = plate.device
+    eye = torch.eye(4, device=cameras.device, dtype=cameras.dtype)
+    moved = [i for i in range(cameras.shape[0]) if not torch.equal(cameras[i], eye)]
+    out = plate[None].expand(cameras.shape[0], -1, -1, -1).clone()
+    if not moved:
+        return out
+    Hinv = torch.linalg.inv(plate_homographies(K.double(), cameras[moved].double(), float(depth)))  # [M, 3, 3]
+    ys, xs = torch.meshgrid(torch.arange(h, device=dev, dtype=torch.float64) + 0.5,
+                            torch.arange(w, device=dev, dtype=torch.float64) + 0.5, indexing="ij")
+    pix = torch.stack([xs, ys, torch.ones_like(xs)], -1).reshape(-1, 3)  # [HW, 3]
+    src = pix[None] @ Hinv.to(dev).transpose(1, 2)  # [M, HW, 3]
+    z = src[..., 2:3]
+    z = torch.where(z.abs() < 1e-9, torch.full_like(z, 1e-9), z)
+    uv = src[..., :2] / z  # [M, HW, 2] source pixel coordinates
+    uv = torch.where(src[..., 2:3] > 0, uv, torch.full_like(uv, -1e6))  # behind the plane's horizon: clamp
+    grid = torch.stack([uv[..., 0] / w * 2 - 1, uv[..., 1] / h * 2 - 1], -1).clamp(-2, 2)  # align_corners=False
+    img = plate.permute(2, 0, 1)[None].expand(len(moved), -1, -1, -1).float()
+    warped = torch.nn.functional.grid_sample(img, grid.reshape(len(moved), h, w, 2).float(), mode="bilinear",
+                                             padding_mode="border", align_corners=False)  # [M, 3, H, W]
+    out[moved] = warped.permute(0, 2, 3, 1).to(out.dtype)
+    return out
 
 
 def _resolve_device(device: str) -> torch.device:
@@ -96,6 +144,11 @@ class Avatar:
         return cls(payload, device, run_dir if run_dir.is_dir() else path.parent)
 
     @property
+    def plate_depth(self) -> float:
+        """Depth of the background plane for free-view cameras: PLATE_DEPTH_FACTOR x the mean head depth."""
+        return PLATE_DEPTH_FACTOR * max(float(self.train_viewmats[:, 2, 3].mean()), 1e-6)
+
+    @property
     def feature_window(self) -> int:
         """Feature rows around frame k that the model consumes (centred: row W//2 is frame k)."""
         return self.model.audio.window
@@ -117,12 +170,17 @@ class Avatar:
     def render(self, feats: torch.Tensor, viewmats: torch.Tensor, blink: torch.Tensor, *, K: torch.Tensor | None = None,
                width: int | None = None, height: int | None = None,
                background: Literal["plate"] | torch.Tensor | None = "plate", lip_scale: float = 1.0,
-               torso: bool = True) -> dict[str, torch.Tensor]:
+               torso: bool = True, camera: torch.Tensor | np.ndarray | None = None) -> dict[str, torch.Tensor]:
         """Render B frames: feats [B, W, D] windows, viewmats [B, 4, 4] head->camera, blink [B].
 
         background: "plate" (the training plate, resized if width/height differ), a colour [3],
         an image [H, W, 3] in [0, 1], or None (premultiplied over black). lip_scale scales the
-        audio-driven part of the motion. Returns rgb [B, H, W, 3] in [0, 1] and alpha [B, H, W, 1]."""
+        audio-driven part of the motion.
+        camera: free-view camera moves [B, 4, 4] (or one [4, 4] for all frames), training-camera frame ->
+        new camera frame; None = the training camera. Head and torso move as one body (see
+        `AvatarModel.render`); a plate or image background is re-projected as a plane fronto-parallel to
+        the training camera at PLATE_DEPTH_FACTOR x the mean head depth (`reproject_plate`); a colour
+        needs nothing. Returns rgb [B, H, W, 3] in [0, 1] and alpha [B, H, W, 1]."""
         dev = self.device
         feats = torch.as_tensor(feats, device=dev).float()
         viewmats = torch.as_tensor(viewmats, device=dev).float()
@@ -131,6 +189,13 @@ class Avatar:
             raise AvatarError(f"feats must be [B, {self.feature_window}, {self.feature_dim}], got {tuple(feats.shape)}")
         if viewmats.shape[0] != feats.shape[0] or blink.shape[0] != feats.shape[0]:
             raise AvatarError("feats, viewmats and blink must have the same batch size")
+        cams = None
+        if camera is not None:
+            cams = torch.as_tensor(np.asarray(camera, np.float32) if not torch.is_tensor(camera) else camera, device=dev).float()
+            if cams.shape == (4, 4):
+                cams = cams[None].expand(feats.shape[0], 4, 4)
+            if cams.shape != (feats.shape[0], 4, 4) or not bool(torch.isfinite(cams).all()):
+                raise AvatarError(f"camera must be finite [B, 4, 4] or [4, 4] with B = {feats.shape[0]}, got {tuple(cams.shape)}")
         w, h = width or self.width, height or self.height
         if K is None:
             K = self.K.clone()
@@ -146,6 +211,11 @@ class Avatar:
                                                      align_corners=False)[0].permute(1, 2, 0)
         elif background is not None:
             bg = torch.as_tensor(background, device=dev).float()
-        out = self.model.render(viewmats, feats, blink, torch.as_tensor(K, device=dev).float(), w, h, bg,
-                                lip_scale=lip_scale, torso=torso, backend=self.backend)
+        K = torch.as_tensor(K, device=dev).float()
+        if cams is not None and bg is not None and bg.dim() == 3:
+            if bg.shape[:2] != (h, w):
+                raise AvatarError(f"background image must be [{h}, {w}, 3], got {tuple(bg.shape)}")
+            bg = reproject_plate(bg, K, cams, self.plate_depth)
+        out = self.model.render(viewmats, feats, blink, K, w, h, bg,
+                                lip_scale=lip_scale, torso=torso, backend=self.backend, cameras=cams)
         return {"rgb": out["rgb"].clamp(0, 1), "alpha": out["alpha"].clamp(0, 1)}

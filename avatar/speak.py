@@ -21,10 +21,15 @@ as everything it depends on is known:
 Hence the streaming output equals the offline output frame for frame for the same segment settings,
 and the algorithmic delay is (G + F + window look-ahead) frames, reported by `Speaker.delay_s`.
 
-Camera moves (--orbit, --camera-path) are composed into the head->camera viewmat (C @ H). The runtime
-renders the torso relative to the head pose, so under a moving camera the neck follows exactly while
-the torso's static part and the background plate behave as 2D layers (the runtime has no separate
-camera input yet).
+Free-view camera (--orbit, --camera-path): the camera move C_k (training-camera frame -> new camera
+frame) is passed to the renderer separately from the head pose H_k (head -> training camera, with the
+--yaw/--pitch/--roll offsets). The head is drawn with C_k H_k; the torso is built from H_k in the
+training-camera frame (its skinning blends "static" and "follows the head") and then moved by C_k, so
+head, neck and torso turn together as one body; the background plate (or --background image) is
+re-projected as a plane fronto-parallel to the training camera at `PLATE_DEPTH_FACTOR` x the head's depth
+(avatar/runtime.py), edge-clamped where the plate has no pixels. --export-motion records head (H_k
+before offsets), camera (C_k) and viewmats (C_k H_k with offsets); replaying head and camera reproduces
+the video.
 """
 
 from __future__ import annotations
@@ -367,11 +372,12 @@ class _Engine:
         # frame k needs rows up to k + look (those exist only if < gated_upto) and its level window
         return max(0, last - self.look + 1 - self.emitted)
 
-    def take(self, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
-        """Windows [B, W, D], viewmats [B, 4, 4], blinks [B] for the next `count` frames."""
+    def take(self, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[int]]:
+        """Windows [B, W, D], head viewmats [B, 4, 4] (head -> training camera), camera moves [B, 4, 4]
+        (training camera -> output camera) and blinks [B] for the next `count` frames."""
         n = self.num_frames
         W = self.r + self.win_after + 1
-        wins, vms, blinks, idx = [], [], [], []
+        wins, vms, cams, blinks, idx = [], [], [], [], []
         for _ in range(count):
             k = self.emitted
             hi = (n - 1) if n is not None else None
@@ -390,17 +396,19 @@ class _Engine:
                 level = float(10 * np.log10(np.mean(seg.astype(np.float64) ** 2) + 1e-10))
             head = self.pose_gen.pose(k, level)
             vm = self.sp._view(k, head)
+            cam = self.sp._camera(k)
             vms.append(vm)
+            cams.append(cam)
             blinks.append(self.blink_gen.value(k))
             if self.record is not None:
                 self.record["head"].append(head)
-                self.record["viewmats"].append(vm)
-                self.record["camera"].append(self.sp._camera(k))
+                self.record["viewmats"].append((cam @ vm).astype(np.float32))
+                self.record["camera"].append(cam)
                 self.record["blink"].append(blinks[-1])
             idx.append(k)
             self.emitted += 1
         self._trim()
-        return np.stack(wins), np.stack(vms), np.asarray(blinks, np.float32), idx
+        return np.stack(wins), np.stack(vms), np.stack(cams), np.asarray(blinks, np.float32), idx
 
     def _trim(self) -> None:
         """Drop rows and audio no later frame can need (memory stays bounded)."""
@@ -502,9 +510,10 @@ class Speaker:
         return M
 
     def _view(self, k: int, head: np.ndarray) -> np.ndarray:
+        """Head -> training camera for frame k: the pose plus the --yaw/--pitch/--roll offsets (the camera
+        move is separate, `_camera`)."""
         c = self.cfg
-        h = apply_head_offset(np.asarray(head, np.float32), c.yaw, c.pitch, c.roll)
-        return (self._camera(k) @ h).astype(np.float32)
+        return np.asarray(apply_head_offset(np.asarray(head, np.float32), c.yaw, c.pitch, c.roll), np.float32)
 
     # -- delays ---------------------------------------------------------------------------------
     def _stream_params(self) -> tuple[int, int, int]:
@@ -530,11 +539,12 @@ class Speaker:
     def _render(self, eng: _Engine, count: int) -> list[tuple[int, np.ndarray]]:
         import torch
 
-        wins, vms, blinks, idx = eng.take(count)
+        wins, vms, cams, blinks, idx = eng.take(count)
         av = self.avatar
+        moving = self.camera_path is not None or bool(self.cfg.orbit)
         out = av.render(torch.as_tensor(wins, device=av.device), torch.as_tensor(vms, device=av.device),
                         torch.as_tensor(blinks, device=av.device), background=self.bg, lip_scale=self.cfg.lip_scale,
-                        torso=self.cfg.torso)
+                        torso=self.cfg.torso, camera=torch.as_tensor(cams, device=av.device) if moving else None)
         rgb = out["rgb"]
         if self.transparent:
             a = out["alpha"]
@@ -674,7 +684,8 @@ class Speaker:
 
     def export_motion(self, path: str | os.PathLike, source: str = "") -> Path:
         """Write the last render's per-frame motion (.npz): head [N,4,4] poses (before offsets/camera),
-        camera [N,4,4] moves, viewmats [N,4,4] rendered, blink [N], speech [N] (1 = speech), feats [N,D]
+        camera [N,4,4] moves (training camera -> output camera), viewmats [N,4,4] the head -> output camera
+        transform the head was rendered with (camera @ offset head), blink [N], speech [N] (1 = speech), feats [N,D]
         (the gated feature rows), fps, and the config as JSON. Re-use with --pose FILE, --blink FILE,
         --camera-path FILE."""
         import json

@@ -49,8 +49,13 @@ def _rot_y(angle: float) -> np.ndarray:
     return np.array([[ca, 0, sa], [0, 1, 0], [-sa, 0, ca]], np.float32)
 
 
-def make_tiny_dataset(root: str | Path, num_frames: int = 24, size: int = 64, fps: float = 25.0, seed: int = 0) -> Path:
-    """Write a synthetic dataset folder (contract of avatar/dataset.py) and return its path."""
+def make_tiny_dataset(root: str | Path, num_frames: int = 24, size: int = 64, fps: float = 25.0, seed: int = 0,
+                      features: str = "synthetic") -> Path:
+    """Write a synthetic dataset folder (contract of avatar/dataset.py) and return its path.
+
+    features: "synthetic" (8-d [opening, opening^2, noise], recoverable from the audio by
+    `avatar.speak.synthetic_features`) or "phonetic+spectral" (the real default extractor run on the
+    dataset's audio, so `speak` exercises the real feature path end to end, e.g. in bench/speak.py)."""
     import cv2
     import soundfile as sf
 
@@ -112,15 +117,24 @@ def make_tiny_dataset(root: str | Path, num_frames: int = 24, size: int = 64, fp
     save_npy_atomic(root / "landmarks.npy", landmarks)
     CameraPose(R=Rs, t=ts, focal=focal, cx=cx, cy=cy, shape3d=shape).save(root / "pose.npz")
     save_npy_atomic(root / "blink.npy", blink)
-    dim = 8
-    feats = np.concatenate([opening[:, None], opening[:, None] ** 2, 0.05 * rng.normal(size=(num_frames, dim - 2))], 1).astype(np.float32)
-    save_npy_atomic(root / "features" / f"{FEATURE_NAME}.npy", feats)
-    fmeta = {"extractor": "synthetic", "dim": dim, "fps": fps, "window": 1}
-    write_json_atomic(root / "features" / f"{FEATURE_NAME}.json", fmeta)
     sr = 16000
     tt = np.arange(int(num_frames / fps * sr)) / sr
     env = np.interp(tt * fps, k, opening)
-    sf.write(str(root / "audio.wav"), (0.3 * env * np.sin(2 * np.pi * 220 * tt)).astype(np.float32), sr, subtype="PCM_16")
+    wav = (0.3 * env * np.sin(2 * np.pi * 220 * tt)).astype(np.float32)
+    sf.write(str(root / "audio.wav"), wav, sr, subtype="PCM_16")
+    if features == "synthetic":
+        fname, dim = FEATURE_NAME, 8
+        feats = np.concatenate([opening[:, None], opening[:, None] ** 2, 0.05 * rng.normal(size=(num_frames, dim - 2))], 1).astype(np.float32)
+        fmeta = {"extractor": "synthetic", "dim": dim, "fps": fps, "window": 1}
+    elif features == "phonetic+spectral":
+        from avatar.preprocess.audio_features import extract_features
+
+        fname = "default"
+        feats, fmeta = extract_features(sf.read(str(root / "audio.wav"), dtype="float32")[0], num_frames, fps)
+    else:
+        raise ValueError(f"make_tiny_dataset: features must be 'synthetic' or 'phonetic+spectral', not {features!r}")
+    save_npy_atomic(root / "features" / f"{fname}.npy", feats)
+    write_json_atomic(root / "features" / f"{fname}.json", fmeta)
     write_text_atomic(root / "preprocess.yaml", "synthetic: true\n")
     n_val = max(1, num_frames // 11)
     meta = {
@@ -131,8 +145,8 @@ def make_tiny_dataset(root: str | Path, num_frames: int = 24, size: int = 64, fp
         "stages": {"synthetic": 1},
         "files": {"frames": "frames", "masks": "masks", "background": "background.png", "landmarks": "landmarks.npy",
                   "pose": "pose.npz", "blink": "blink.npy", "audio": "audio.wav"},
-        "features": {FEATURE_NAME: {"file": f"features/{FEATURE_NAME}.npy", **fmeta}},
-        "default_feature": FEATURE_NAME,
+        "features": {fname: {"file": f"features/{fname}.npy", **fmeta}},
+        "default_feature": fname,
         "split": {"train": [0, num_frames - n_val], "val": [num_frames - n_val, num_frames]},
         "quality": {}, "has_audio": True,
     }
@@ -140,8 +154,10 @@ def make_tiny_dataset(root: str | Path, num_frames: int = 24, size: int = 64, fp
     return root
 
 
-def make_tiny_run(root: str | Path, iters: int = 20, num_frames: int = 24, size: int = 64, seed: int = 0) -> Path:
+def make_tiny_run(root: str | Path, iters: int = 20, num_frames: int = 24, size: int = 64, seed: int = 0,
+                  features: str = "synthetic") -> Path:
     """Train the `tiny` preset for `iters` steps on a fresh synthetic dataset; return the run folder.
+    `features` as in `make_tiny_dataset` ("phonetic+spectral" makes a run that speaks with the real extractor).
 
     The run folder holds data/ (the synthetic dataset), config.yaml, checkpoints/, model.pt, metrics.json."""
     from avatar.config import apply_overrides
@@ -149,7 +165,7 @@ def make_tiny_run(root: str | Path, iters: int = 20, num_frames: int = 24, size:
     from avatar.train.trainer import fit
 
     root = Path(root)
-    data = make_tiny_dataset(root / "data", num_frames=num_frames, size=size, seed=seed)
+    data = make_tiny_dataset(root / "data", num_frames=num_frames, size=size, seed=seed, features=features)
     cfg = apply_overrides(get_preset("tiny"), {"iters": str(iters), "seed": str(seed)})
     fit(cfg, data, root, progress=False)
     return root

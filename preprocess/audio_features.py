@@ -29,6 +29,7 @@ import dataclasses
 import functools
 import math
 import os
+import threading
 from pathlib import Path
 from typing import Any, Literal
 
@@ -271,35 +272,60 @@ def _power_mel_chunked(wav: np.ndarray, chunk_s: float | None) -> tuple[np.ndarr
     return np.concatenate(mels)[:total], np.concatenate(pows)[:total]
 
 
-def _phone_decoder():
-    """A fresh pocketsphinx phone-loop decoder with the en-us model and phone LM shipped in the wheel.
+_DECODER_CACHE = threading.local()  # one reusable decoder per thread (pocketsphinx decoders are not thread safe)
 
-    Fresh per utterance (~0.1 s): a reused decoder carries state (CMN) from the previous utterance, so
-    decoding the same audio twice gave different phones (measured: 90 % agreement). Fresh = deterministic.
-    """
+
+def _new_phone_decoder():
+    """A new pocketsphinx phone-loop decoder with the en-us model and phone LM shipped in the wheel (~0.1 s)."""
     from pocketsphinx import Decoder, get_model_path
 
     return Decoder(allphone=get_model_path("en-us/en-us-phone.lm.bin"), lm=None, loglevel="FATAL")
 
 
-def _decode_phones(wav: np.ndarray) -> np.ndarray:
-    """Viseme class per pocketsphinx 10 ms frame ([F] int64) for one utterance; never raises."""
+def _phone_decoder():
+    """This thread's phone-loop decoder, built once and reused for every utterance.
+
+    A reused decoder carries front-end state over from the previous utterance (the `remove_noise`
+    noise tracker and the CMN estimate), so decoding the same audio twice gave different phones
+    (measured: 90 % agreement) and this used to build a fresh decoder per utterance — 0.1-0.4 s each,
+    which made `avatar speak --stream` (one utterance per 0.2 s segment) slower than real time.
+    `_decode_phones` now calls `Decoder.reinit_feat()` (~30 us) before each utterance: it rebuilds the
+    front end and feature computation from the config, i.e. exactly a fresh decoder's state, so the
+    phones equal a fresh decoder's bit for bit (tests/test_audio_features.py checks it after decoding
+    other audio). The search itself is restarted by `start_utt`.
+    """
+    dec = getattr(_DECODER_CACHE, "decoder", None)
+    if dec is None:
+        dec = _new_phone_decoder()
+        _DECODER_CACHE.decoder = dec
+    return dec
+
+
+def _decode_phones(wav: np.ndarray, decoder=None) -> np.ndarray:
+    """Viseme class per pocketsphinx 10 ms frame ([F] int64) for one utterance; never raises.
+
+    `decoder`: a specific pocketsphinx decoder (default: this thread's reused one, reset first)."""
     n_frames = max(0, (len(wav) - int(PSPHINX_WLEN * SAMPLE_RATE)) // HOP + 1)
     out = np.zeros(n_frames, np.int64)
     if n_frames == 0:
         return out
     pcm = (np.clip(wav, -1.0, 1.0) * 32767.0).astype(np.int16)
-    dec = _phone_decoder()
+    cached = decoder is None
+    dec = _phone_decoder() if cached else decoder
     try:
+        if cached:
+            dec.reinit_feat()  # fresh front end + CMN: the result does not depend on earlier utterances
         dec.start_utt()
         dec.process_raw(pcm.tobytes(), no_search=False, full_utt=True)
         dec.end_utt()
-        segs = dec.seg()
+        segs = [(s.word, s.start_frame, s.end_frame) for s in (dec.seg() or ())]
     except Exception:  # pocketsphinx errors on degenerate input: treat as silence
+        if cached:
+            _DECODER_CACHE.decoder = None  # its state is unknown now: build a new one next time
         return out
-    for s in segs or ():
-        cls = PHONE_TO_VISEME.get(s.word.upper(), SILENCE_CLASS)
-        a, b = max(0, s.start_frame), min(n_frames - 1, s.end_frame)
+    for word, start, end in segs:
+        cls = PHONE_TO_VISEME.get(word.upper(), SILENCE_CLASS)
+        a, b = max(0, start), min(n_frames - 1, end)
         if b >= a:
             out[a:b + 1] = cls
     return out

@@ -105,6 +105,27 @@ def test_deterministic_and_chunked_matches_whole():
     assert agree > 0.8
 
 
+def test_reused_phone_decoder_equals_a_fresh_one():
+    """The phone decoder is built once and reset per utterance (reinit_feat); its phones must equal a
+    fresh decoder's whatever was decoded before (streaming decodes a new utterance every 0.2 s)."""
+    rng = np.random.default_rng(3)
+    t = np.arange(int(1.6 * SR)) / SR
+    segs = []
+    for i in range(8):
+        f0 = 120 + 15 * i + 20 * np.sin(2 * np.pi * 0.7 * t)
+        ph = 2 * np.pi * np.cumsum(f0) / SR
+        voice = sum(np.sin(h * ph) / h for h in range(1, 12)) * (0.55 + 0.45 * np.sin(2 * np.pi * (3 + i / 2) * t))
+        x = (0.05 + 0.05 * i) * voice + 0.01 * (i % 3) * rng.standard_normal(len(t))
+        segs.append(x[: int((1.0 + 0.08 * i) * SR)].astype(np.float32))
+    fresh = [af._decode_phones(x, decoder=af._new_phone_decoder()) for x in segs]
+    for x, ref in zip(segs + segs[::-1], fresh + fresh[::-1]):  # every segment after different audio
+        np.testing.assert_array_equal(af._decode_phones(x), ref)
+    assert af._phone_decoder() is af._phone_decoder()  # built once per thread
+    # the reset matters: the same decoder without it carries state over and disagrees somewhere
+    dec = af._new_phone_decoder()
+    assert any(not np.array_equal(af._decode_phones(x, decoder=dec), ref) for x, ref in zip(segs, fresh))
+
+
 def test_bad_arguments():
     with pytest.raises(AvatarError):
         af.extract_features(np.zeros(SR, np.float32), -1, 25.0)

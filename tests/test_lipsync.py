@@ -59,3 +59,42 @@ def test_gaussian_mouth_opening_shape(tiny_run):
     feats = np.zeros((7, av.feature_dim), np.float32)
     g = gaussian_mouth_opening(av, av.feature_windows(feats), np.zeros(7))
     assert g.shape == (7,) and np.all(np.isfinite(g)) and np.all(g > 0)
+
+
+def test_bench_lipsync_over_a_folder(tiny_run, tmp_path, capsys):
+    """bench/lipsync.py: per-file figures are exactly `eval_audio`'s (what `avatar eval --audio --json`
+    prints), the training-clip reference is reported once, and the means are those of the rows."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    import soundfile as sf
+
+    from avatar.lipsync import eval_audio
+
+    spec = importlib.util.spec_from_file_location("bench_lipsync", Path(__file__).resolve().parents[1] / "bench" / "lipsync.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    sf.write(str(folder / "a.wav"), talking_wav(1.2), SR)
+    sf.write(str(folder / "b.flac"), talking_wav(0.8, silence=(0.3, 0.5)), SR, format="FLAC")
+    (folder / "notes.txt").write_text("not audio")
+    assert bench.main([str(tiny_run), "--audio-dir", str(folder), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    summary = json.loads(out[-1])
+    assert [r["file"] for r in summary["files"]] == ["a.wav", "b.flac"] and summary["evaluated"] == 2
+    for row in summary["files"]:
+        ref = eval_audio(tiny_run, folder / row["file"], device="cpu")
+        assert row["av_offset_frames"] == ref["av_offset_frames"] and row["frames"] == ref["frames"]
+        assert row["av_corr"] == (None if math.isnan(ref["av_corr"]) else pytest.approx(ref["av_corr"]))
+        assert summary["gt_av_offset_frames"] == ref["gt_av_offset_frames"]
+    assert summary["mean_abs_offset_frames"] == pytest.approx(np.mean([abs(r["av_offset_frames"]) for r in summary["files"]]))
+    assert sum("a.wav" in line for line in out[:-1]) == 1  # the table
+    # bad folders: one line on stderr, exit code 2
+    capsys.readouterr()
+    assert bench.main([str(tiny_run), "--audio-dir", str(tmp_path / "missing")]) == 2
+    (tmp_path / "empty").mkdir()
+    assert bench.main([str(tiny_run), "--audio-dir", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("bench/lipsync.py: error:") for line in err)

@@ -172,6 +172,129 @@ def test_orbit_changes_image_but_keeps_face_in_frame(avatar):
         assert m1 > 0.7 * m0  # the person did not leave the image
 
 
+def test_orbit_turns_the_torso_with_the_head(avatar):
+    """With a free-view camera the torso is seen from the new viewpoint too (no 2D torso layer): its
+    alpha changes along the orbit, and stays identical frame to frame without one (static pose)."""
+    from avatar.speak import SpeakConfig, Speaker
+
+    wav = talking_wav(1.6)
+    kw = dict(pose="static", blink="off", vad="off", background="transparent")
+    base = [f.rgb[..., 3].astype(np.float32) for f in Speaker(avatar, SpeakConfig(**kw)).frames(wav)]
+    orb = [f.rgb[..., 3].astype(np.float32) for f in Speaker(avatar, SpeakConfig(**kw, orbit=40.0, orbit_period=1.6)).frames(wav)]
+    band = slice(48, 64)  # the tiny avatar's shoulders (below the neck)
+    assert max(np.abs(b[band] - base[0][band]).max() for b in base) == 0
+    assert np.abs(orb[10][band] - orb[0][band]).mean() > 3.0  # +20 degrees
+    assert np.abs(orb[0] - base[0]).max() == 0  # angle 0: identical to the training camera
+
+
+def _camera_translation(avatar, pixels: float, batch: int = 2):
+    """Camera moves [batch, 4, 4]: frame 0 the identity, the others a sideways camera translation that
+    shifts points at the mean head depth by `pixels` (as the rasterizer sees it: X' = X + t)."""
+    import torch
+
+    depth = float(avatar.train_viewmats[:, 2, 3].mean())
+    C = torch.eye(4).repeat(batch, 1, 1)
+    C[1:, 0, 3] = pixels * depth / float(avatar.K[0, 0])
+    return C
+
+
+def test_free_view_camera_moves_head_and_torso_together(avatar):
+    import torch
+
+    W = avatar.feature_window
+    feats = torch.zeros(2, W, avatar.feature_dim)
+    vm = avatar.train_viewmats[:1].expand(2, 4, 4).clone()
+    blink = torch.zeros(2)
+    C = _camera_translation(avatar, 6.0)
+    ref = avatar.render(feats, vm, blink)  # plate background
+    ident = avatar.render(feats, vm, blink, camera=torch.eye(4))  # [4, 4] broadcast
+    assert torch.equal(ref["rgb"], ident["rgb"]) and torch.equal(ref["alpha"], ident["alpha"])  # bit for bit
+    moved = avatar.render(feats, vm, blink, background=None, camera=C)
+    a0 = ref["alpha"][0, ..., 0].numpy()
+    a1 = moved["alpha"][1, ..., 0].numpy()
+    assert np.array_equal(moved["alpha"][0].numpy(), ref["alpha"][0].numpy())  # per-frame: identity frame untouched
+
+    def cx(a):
+        return float((a * np.arange(a.shape[1])).sum() / a.sum())
+
+    assert cx(a1[:40]) - cx(a0[:40]) == pytest.approx(6.0, abs=1.0)  # the head moved with the camera
+    # the shoulders span the image width: moving right uncovers the left edge and keeps the right one
+    assert a0[48:, :3].mean() > 0.9 and a1[48:, :3].mean() < 0.6
+    assert a1[48:, -3:].mean() > 0.8
+    from avatar.errors import AvatarError
+
+    with pytest.raises(AvatarError):
+        avatar.render(feats, vm, blink, camera=torch.eye(3))
+
+
+def test_plate_reprojection_is_the_plane_homography(avatar):
+    """The plate is warped as the plane z = D of the training camera: a 3D point on that plane projects
+    to where the homography sends its pixel; a sideways camera shift moves the plate by f t / D; pixels
+    with no source take the edge pixel; an identity camera leaves the plate unchanged."""
+    import torch
+
+    from avatar.motion import about_pivot, euler_camera
+    from avatar.runtime import PLATE_DEPTH_FACTOR, plate_homographies, reproject_plate
+
+    K = avatar.K.double()
+    D = avatar.plate_depth
+    assert D == pytest.approx(PLATE_DEPTH_FACTOR * float(avatar.train_viewmats[:, 2, 3].mean()))
+    rng = np.random.default_rng(0)
+    cams = []
+    for _ in range(4):
+        M = about_pivot(euler_camera(*rng.uniform(-20, 20, 3)), np.array([0, 0, 5.6], np.float32)).astype(np.float64)
+        M[:3, 3] += rng.uniform(-0.5, 0.5, 3)
+        cams.append(M)
+    cams = torch.as_tensor(np.stack(cams))
+    Hs = plate_homographies(K, cams, D)
+    X = np.concatenate([rng.uniform(-3, 3, (10, 2)), np.full((10, 1), D)], 1)  # points on the plane
+    Kn = K.numpy()
+    for M, H in zip(cams.numpy(), Hs.numpy()):
+        p = X @ Kn.T
+        p = p / p[:, 2:]
+        Xc = X @ M[:3, :3].T + M[:3, 3]
+        q = Xc @ Kn.T
+        q = q / q[:, 2:]
+        r = p @ H.T
+        np.testing.assert_allclose(r[:, :2] / r[:, 2:], q[:, :2], atol=1e-6)
+
+    h, w = avatar.height, avatar.width
+    plate = torch.zeros(h, w, 3)
+    plate[:, 20:] = 1.0  # a vertical edge between columns 19 and 20
+    plate[:, 0, 1] = 0.5  # a marker in the first column
+    C = _camera_translation(avatar, 6.0, batch=2).double()
+    out = reproject_plate(plate, avatar.K, C, D)
+    assert torch.equal(out[0], plate)
+    shift = float(avatar.K[0, 0]) * float(C[1, 0, 3]) / D  # pixels at the plate's depth (< 6 at the head's)
+    # the edge sits where the bilinear value crosses 0.5: plate column 19.5 + shift
+    row = out[1, h // 2, :, 0].numpy()
+    j = int(np.argmax(row >= 0.5))
+    crossing = j - 1 + (0.5 - row[j - 1]) / (row[j] - row[j - 1]) + 0.5  # in pixel-centre units, + 0.5 -> image x
+    assert crossing - 20.0 == pytest.approx(shift, abs=0.15)
+    assert 1.5 < shift < 4.0
+    np.testing.assert_allclose(out[1, :, : int(shift), 1].numpy(), 0.5)  # no source: edge clamped (column 0)
+    # through Avatar.render: where the person does not cover the image, the composite shows the moved plate
+    import torch as _t
+
+    W = avatar.feature_window
+    r = avatar.render(_t.zeros(2, W, avatar.feature_dim), avatar.train_viewmats[:1].expand(2, 4, 4), _t.zeros(2),
+                      background=plate, camera=C.float())
+    empty = r["alpha"][1, ..., 0] < 1e-4
+    assert empty.sum() > 20
+    np.testing.assert_allclose(r["rgb"][1][empty].numpy(), out[1][empty].numpy(), atol=1e-5)
+    assert not torch.allclose(out[1][empty], plate[empty])
+
+
+def test_identity_camera_path_equals_no_camera(avatar, tmp_path):
+    from avatar.speak import SpeakConfig, Speaker
+
+    wav = talking_wav(0.6)
+    (tmp_path / "cam.json").write_text(json.dumps([np.eye(4).tolist()]))
+    a = [f.rgb for f in Speaker(avatar, SpeakConfig(vad="off", pose="audio")).frames(wav)]
+    b = [f.rgb for f in Speaker(avatar, SpeakConfig(vad="off", pose="audio", camera_path=str(tmp_path / "cam.json"))).frames(wav)]
+    assert len(a) == len(b) == 15 and all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
 def test_streaming_equals_offline(avatar):
     from avatar.speak import SpeakConfig, Speaker
 
@@ -427,3 +550,28 @@ def test_real_extractor_through_the_engine():
     padded[:len(wav)] = wav
     direct = extract_features(padded, n + 38, 25.0)[0][:n]
     np.testing.assert_allclose(rows, direct, atol=1e-4)
+
+
+def test_streaming_builds_the_phone_decoder_once(monkeypatch):
+    """Streaming decodes one short utterance per segment; the pocketsphinx decoder (0.1-0.4 s to build)
+    must be built at most once per thread, not per segment (that made streaming slower than real time)."""
+    from avatar.preprocess import audio_features as af
+    from avatar.preprocess.audio_features import extract_features
+    from avatar.speak import SpeakConfig, Speaker
+
+    built, decoded = [], []
+    new, decode = af._new_phone_decoder, af._decode_phones
+    monkeypatch.setattr(af, "_new_phone_decoder", lambda: built.append(1) or new())
+    monkeypatch.setattr(af, "_decode_phones", lambda *a, **k: decoded.append(1) or decode(*a, **k))
+    monkeypatch.setattr(af._DECODER_CACHE, "decoder", None, raising=False)  # start cold
+    wav = voice_like(2.0)
+    stub = _StubAvatar()
+    stub.feature_dim = extract_features(wav[:SR], 25, 25.0)[0].shape[1]
+    stub.feature_meta = {"name": "default", "extractor": "phonetic+spectral", "dim": stub.feature_dim, "fps": 25.0, "extra": {}}
+    sp = Speaker(stub, SpeakConfig(vad="off"))
+    built.clear()
+    decoded.clear()
+    frames = list(sp.stream(np.array_split(wav, 50)))
+    assert len(frames) == 50
+    assert len(decoded) >= 10  # one utterance per 5-frame segment
+    assert len(built) == 0  # the Speaker's own set-up (training stats) already built it

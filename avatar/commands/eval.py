@@ -31,7 +31,8 @@ def add_parser(subparsers, name: str, summary: str) -> None:
 def print_table(metrics: dict, file=None) -> None:
     file = file if file is not None else sys.stdout  # resolved at call time (stdout may be swapped)
     rows = [("head PSNR (dB)", "head_psnr"), ("full PSNR (dB)", "full_psnr"), ("head SSIM", "head_ssim"),
-            ("full SSIM", "full_ssim"), ("LMD (px)", "lmd"), ("fit time (s)", "fit_time_s"), ("iterations", "iters"),
+            ("full SSIM", "full_ssim"), ("LMD (px)", "lmd"), ("LMD, audio off", "lmd_no_audio"),
+            ("mouth corr", "mouth_corr"), ("fit time (s)", "fit_time_s"), ("iterations", "iters"),
             ("Gaussians", "num_gaussians"), ("eval frames", "eval_frames")]
     for label, key in rows:
         if key in metrics:

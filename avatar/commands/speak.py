@@ -53,8 +53,8 @@ def add_parser(subparsers, name: str, summary: str) -> argparse.ArgumentParser:
     g.add_argument("--roll", type=float, default=0.0, help="head roll offset in degrees (+ tilts clockwise in the image)")
     g.add_argument("--orbit", type=float, default=0.0, metavar="DEGREES",
                    help="free-view camera swinging around the head, DEGREES peak to peak (default 0: training camera). "
-                        "The head and neck follow the camera exactly; the torso's static part and the background "
-                        "plate stay 2D layers (use a colour --background for large moves)")
+                        "Head and torso turn together; the background plate is re-projected as a distant wall "
+                        "(edge pixels repeat where it runs out: use a colour --background for large moves)")
     g.add_argument("--orbit-period", type=float, default=6.0, metavar="S", help="seconds per orbit swing (default 6)")
     g.add_argument("--camera-path", default=None, metavar="FILE",
                    help="camera path: JSON list of 4x4 world->camera matrices (identity = training camera) or of "

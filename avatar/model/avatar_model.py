@@ -176,8 +176,30 @@ class AvatarModel(nn.Module):
             "w_a": fo["w_a"], "w_e": fo["w_e"],
         }
 
-    def torso_gaussians(self, viewmat: torch.Tensor, deform: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """Torso means [T, 3] and quats [T, 4] in the camera frame for head pose `viewmat` [4, 4]."""
+    def point_motion(self, points: torch.Tensor, audio: torch.Tensor, blink: torch.Tensor,
+                     mouth_points: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Move arbitrary canonical head-frame points with the motion fields (no Gaussians involved).
+
+        points [L, 3] through the face field (as a head Gaussian at that place would move),
+        mouth_points [M, 3] through the mouth-interior branch; audio [B, A] codes, blink [B].
+        Returns deformed head-frame positions [B, L, 3] and [B, M, 3] (or None). Used by the landmark
+        motion loss (avatar/train/trainer.py): the fields are sampled at the canonical landmarks and
+        must land on the tracked landmarks of that frame."""
+        fo = self.face_motion(self._normalised(points), audio, blink)
+        x = points[None] + self.cfg.motion_scale * self.unit * fo["d_xyz"]
+        xm = None
+        if mouth_points is not None:
+            mo = self.mouth_motion(self._normalised(mouth_points), audio)  # [B, M, 3] (up, right, front)
+            off = mo[..., 0:1] * self.basis[1] + mo[..., 1:2] * self.basis[0] + mo[..., 2:3] * self.basis[2]
+            xm = mouth_points[None] + self.cfg.mouth_motion_scale * self.unit * off
+        return x, xm
+
+    def torso_gaussians(self, viewmat: torch.Tensor, deform: bool = True,
+                        camera: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Torso means [T, 3] and quats [T, 4] in the camera frame for head pose `viewmat` [4, 4].
+
+        `camera` [4, 4] (optional): a free-view camera move (training-camera frame -> new camera frame)
+        applied rigidly after the skinning, which is always computed in the training-camera frame."""
         tp = self.torso.params
         x = tp["means"]
         q = torch.nn.functional.normalize(tp["quats"], dim=-1)
@@ -194,6 +216,9 @@ class AvatarModel(nn.Module):
             xn = (x - self.torso_center) / (3 * self.unit)
             xs = xs + self.cfg.torso_motion_scale * self.unit * self.torso_motion(xn, pose)[0]
         qs = torch.nn.functional.normalize((1 - w) * q + w * q_follow, dim=-1)
+        if camera is not None:
+            xs = xs @ camera[:3, :3].T + camera[:3, 3]
+            qs = quat_multiply(matrix_to_quat(camera[:3, :3])[None], qs)
         return xs, qs
 
     # ---- rendering ------------------------------------------------------------------------------
@@ -201,11 +226,18 @@ class AvatarModel(nn.Module):
     def render(self, viewmats: torch.Tensor, feats: torch.Tensor | None, blink: torch.Tensor, K: torch.Tensor,
                width: int, height: int, background: torch.Tensor | None = None, *, deform: bool = True,
                lip_scale: float = 1.0, torso: bool = True, sh_degree: int | None = None,
-               retain_means2d: bool = False, backend: str = "auto") -> dict:
+               retain_means2d: bool = False, backend: str = "auto", cameras: torch.Tensor | None = None) -> dict:
         """Render B frames.
 
         viewmats [B, 4, 4] head->camera; feats [B, W, D] raw feature windows (None = static);
         blink [B]; K [3, 3]; background None (black, premultiplied), [3], [H, W, 3] or [B, H, W, 3].
+        cameras [B, 4, 4] (optional): free-view camera moves, training-camera frame -> new camera frame
+        (None, or a frame whose matrix is exactly the identity, renders from the training camera bit for
+        bit). Head and mouth are posed with cameras[i] @ viewmats[i]; the torso is built from the head
+        pose viewmats[i] in the training-camera frame as always (its skinning blends "static in that
+        frame" and "follows the head") and then moved rigidly by cameras[i], so head, neck and torso stay
+        one body seen from the new viewpoint. The background is composited as given (the runtime
+        re-projects the plate for the camera).
         Returns rgb [B, H, W, 3], alpha [B, H, W, 1], means2d (list of [1, N, 2] autograd tensors),
         radii (list of [1, N, 2]) and the deformation outputs under "deform"."""
         from cuda_ext import rasterize, spherical_harmonics
@@ -221,7 +253,9 @@ class AvatarModel(nn.Module):
         eye = torch.eye(4, device=viewmats.device)[None]
         rgbs, alphas, m2d, radii = [], [], [], []
         for i in range(b):
-            Rk, tk = viewmats[i, :3, :3], viewmats[i, :3, 3]
+            cam = None if cameras is None or torch.equal(cameras[i], eye[0]) else cameras[i]
+            V = viewmats[i] if cam is None else cam @ viewmats[i]  # head -> (new) camera
+            Rk, tk = V[:3, :3], V[:3, 3]
             x = d["means"][i] @ Rk.T + tk  # [N, 3] camera frame
             q = quat_multiply(matrix_to_quat(Rk)[None], d["quats"][i])
             s = torch.exp(d["log_scales"][i])
@@ -229,11 +263,14 @@ class AvatarModel(nn.Module):
             cols = spherical_harmonics(deg, dirs, hm_sh)
             op = hm_op
             if use_torso:
-                tx, tq = self.torso_gaussians(viewmats[i], deform=deform)
+                tx, tq = self.torso_gaussians(viewmats[i], deform=deform, camera=cam)
                 x, q = torch.cat([x, tx]), torch.cat([q, tq])
                 s = torch.cat([s, self.torso.scales])
                 op = torch.cat([op, self.torso.opacities])
-                tcols = spherical_harmonics(deg, torch.nn.functional.normalize(tx, dim=-1), self.torso.sh[:, :nb])
+                tdirs = torch.nn.functional.normalize(tx, dim=-1)  # torso SH live in the training-camera frame
+                if cam is not None:
+                    tdirs = tdirs @ cam[:3, :3]
+                tcols = spherical_harmonics(deg, tdirs, self.torso.sh[:, :nb])
                 cols = torch.cat([cols, tcols])
             cols = (cols + 0.5).clamp_min(0.0)
             out = rasterize(x, q, s, op, cols, eye, K[None], width, height, render_depth=False, backend=backend)

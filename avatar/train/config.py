@@ -40,6 +40,12 @@ class LossConfig:
     """Weight of the mean |Δ| regulariser on the face/mouth offsets (TG: 1e-5 on its own scale)."""
     eye_attention_weight: float = 0.0
     """L1 sparsity on the blink attention of all Gaussians (off: applied everywhere it suppressed blinks; TG applies it in the lips rect only)."""
+    landmark_weight: float = 0.1
+    """Weight of the landmark motion loss: the face motion field, sampled at the canonical lip/jaw/eyelid landmarks and posed, must land on that frame's tracked landmarks (Huber, delta 1, on the error in percent of the face size). 0 = off (photometric supervision only, like TalkingGaussian)."""
+    landmark_batch: int = 16
+    """Random training frames per step for the landmark motion loss (cheap: no rendering)."""
+    landmark_mouth_weight: float = 0.3
+    """Relative weight of the same loss for the mouth-interior branch at the lower inner lip (lower teeth/tongue move with it)."""
 
 
 @dataclasses.dataclass

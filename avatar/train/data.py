@@ -15,7 +15,7 @@ import torch
 from avatar.dataset import MASK_LABELS, PERSON_LABELS, DatasetInfo, FrameCache
 from avatar.errors import AvatarError
 from avatar.model.audio import feature_windows
-from avatar.model.geometry import LIPS_OUTER
+from avatar.model.geometry import LIPS_OUTER, LOWER_INNER_LIPS, MOTION_LANDMARKS
 from avatar.train.config import DataConfig
 
 PERSON_IDS = tuple(MASK_LABELS[n] for n in PERSON_LABELS)
@@ -52,6 +52,12 @@ class FitData:
         self.landmarks = info.landmarks()  # [N, 478, 2] mmap, dataset pixels
         if len(self.blink) != info.num_frames or self.landmarks.shape[0] != info.num_frames:
             raise AvatarError(f"{info.root}: blink/landmarks do not have one row per frame; re-run preprocess")
+        lm = np.asarray(self.landmarks, np.float32)
+        self.face_px = torch.as_tensor(np.ptp(lm, axis=1).max(-1) * max(sx, sy), device=self.device)  # [N] face size, px
+        scale = np.array([sx, sy], np.float32)
+        self.motion_targets = torch.as_tensor(lm[:, list(MOTION_LANDMARKS)] * scale, device=self.device)  # [N, L, 2]
+        self.mouth_targets = torch.as_tensor(lm[:, list(LOWER_INNER_LIPS)] * scale, device=self.device)  # [N, M, 2]
+        del lm
         bg = cv2.imread(str(info.path("background.png")), cv2.IMREAD_COLOR)
         if bg is None:
             raise AvatarError(f"{info.path('background.png')}: missing or unreadable; re-run preprocess")

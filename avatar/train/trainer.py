@@ -70,6 +70,42 @@ def compute_loss(out: dict, batch: dict, cfg: FitConfig) -> tuple[torch.Tensor, 
     return loss, {k: float(v.detach()) for k, v in terms.items()}
 
 
+def project_points(x_head: torch.Tensor, viewmats: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+    """Head-frame points [B, L, 3] -> pixels [B, L, 2] through head->camera viewmats [B, 4, 4] and K [3, 3]."""
+    cam = torch.einsum("bij,blj->bli", viewmats[:, :3, :3], x_head) + viewmats[:, None, :3, 3]
+    uv = cam @ K.T
+    return uv[..., :2] / uv[..., 2:3].clamp_min(1e-6)
+
+
+def landmark_motion_loss(model: AvatarModel, data, frames: np.ndarray, canon: torch.Tensor, mouth_canon: torch.Tensor,
+                         mouth_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """Landmark motion loss (ours; not in TalkingGaussian/ER-NeRF, which learn lip motion from pixels alone).
+
+    The face motion field is sampled at the canonical 3D landmarks of the lips, jaw and eyelids
+    (`MOTION_LANDMARKS`, the fitted shape that also seeds the head Gaussians), driven by frame k's
+    audio window and blink, posed by frame k's head pose and projected: it must land on frame k's
+    tracked MediaPipe landmarks. The mouth-interior branch, sampled at the lower inner lip, must
+    follow that lip (lower teeth and tongue move with the jaw). Errors are in percent of the face
+    size (Huber, delta 1 % ≈ 0.6 px at 128 px) so the loss is resolution independent. It gives the audio path a
+    direct geometric target on many frames per step, where pixels give a weak, late signal; it
+    needs no rendering, so it also trains during the static warm-up."""
+    idx = torch.as_tensor(frames, device=canon.device)
+    feats = data.windows(frames)
+    audio = model.audio(feats)
+    blink = data.blink[idx]
+    x, xm = model.point_motion(canon, audio, blink, mouth_canon)
+    vm = data.viewmats[idx]
+    face = data.face_px[idx][:, None, None] / 100.0  # pixels per percent of the face size
+    pred = project_points(x, vm, data.K)
+    err = torch.nn.functional.huber_loss(pred / face, data.motion_targets[idx] / face, delta=1.0, reduction="mean")
+    pred_m = project_points(xm, vm, data.K)
+    err_m = torch.nn.functional.huber_loss(pred_m / face, data.mouth_targets[idx] / face, delta=1.0, reduction="mean")
+    with torch.no_grad():
+        px = ((pred - data.motion_targets[idx]).norm(dim=-1)).mean()
+    return err + mouth_weight * err_m, {"landmark": float(err.detach()), "landmark_mouth": float(err_m.detach()),
+                                         "landmark_px": float(px)}
+
+
 class Trainer:
     """Build (or resume) everything for one run folder; `run()` trains and finishes the run."""
 
@@ -104,6 +140,11 @@ class Trainer:
                 seed=cfg.seed)
         self.model.to(self.device)
         self.unit = float(self.model.unit)
+        from avatar.model.geometry import LOWER_INNER_LIPS, MOTION_LANDMARKS
+
+        shape3d = np.asarray(self.data.pose.shape3d, np.float32)
+        self.lm_canon = torch.as_tensor(shape3d[list(MOTION_LANDMARKS)], device=self.device)  # [L, 3]
+        self.lm_mouth_canon = torch.as_tensor(shape3d[list(LOWER_INNER_LIPS)], device=self.device)  # [M, 3]
         self.gauss_opt = self._gaussian_optimizer()
         self.net_opt = self._network_optimizer()
         self.strategy = DensifyStrategy(cfg.strategy, self.unit, cfg.iters)
@@ -207,6 +248,14 @@ class Trainer:
         batch = self.data.batch(self._sample())
         out = self._render(batch, self.step, retain=True)
         loss, terms = compute_loss(out, batch, self.cfg)
+        lc = self.cfg.loss
+        if lc.landmark_weight > 0 and lc.landmark_batch > 0:
+            frames = self.rng.choice(self.data.train_idx, size=lc.landmark_batch, replace=len(self.data.train_idx) < lc.landmark_batch)
+            lm_loss, lm_terms = landmark_motion_loss(self.model, self.data, frames, self.lm_canon, self.lm_mouth_canon,
+                                                     lc.landmark_mouth_weight)
+            loss = loss + lc.landmark_weight * lm_loss
+            terms.update(lm_terms)
+            terms["loss"] = float(loss.detach())
         self.gauss_opt.zero_grad(set_to_none=True)
         self.net_opt.zero_grad(set_to_none=True)
         finite = bool(torch.isfinite(loss))
@@ -226,8 +275,8 @@ class Trainer:
             return None
         self.nan_streak = 0
         self.gauss_opt.step()
-        if self.step >= self.cfg.optim.warmup:
-            self.net_opt.step()
+        if self.step >= self.cfg.optim.warmup or self.cfg.loss.landmark_weight > 0:
+            self.net_opt.step()  # during the static warm-up only the landmark motion loss reaches the networks
         report = self.strategy.step_post_backward(self.model.sets(), self.gauss_opt, out, self.step, self.data.width, self.data.height)
         if report is not None:
             terms["gaussians"] = report["total"]
