@@ -67,7 +67,7 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", write: bool = True, 
         root = run_dir / "data"
     info = load_dataset(root)
     dcfg = from_dict(DataConfig, av.config["data"])
-    data = FitData(info, dcfg, av.feature_window, av.device)
+    data = FitData(info, dcfg, av.feature_window, av.device, future=av.feature_future)
     val = data.val_idx if len(data.val_idx) else data.train_idx[-max(1, len(data.train_idx) // 11):]
     if max_frames and len(val) > max_frames:
         val = val[np.linspace(0, len(val) - 1, max_frames).round().astype(int)]

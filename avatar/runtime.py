@@ -150,21 +150,33 @@ class Avatar:
 
     @property
     def feature_window(self) -> int:
-        """Feature rows around frame k that the model consumes (centred: row W//2 is frame k)."""
+        """Feature rows around frame k that the model consumes: rows k - feature_past ... k + feature_future
+        (centred models, `ModelConfig.audio_lookahead` = -1: row W//2 is frame k)."""
         return self.model.audio.window
+
+    @property
+    def feature_future(self) -> int:
+        """Feature rows after frame k's own row in its window (the look-ahead streaming must wait for)."""
+        return self.model.audio.future
+
+    @property
+    def feature_past(self) -> int:
+        """Feature rows before frame k's own row in its window."""
+        return self.model.audio.past
 
     @property
     def feature_dim(self) -> int:
         return self.model.feat_dim
 
     def feature_windows(self, feats: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """[N, D] per-frame features -> [N, W, D] windows centred on each frame (edge padded)."""
+        """[N, D] per-frame features -> [N, W, D] windows of each frame (rows k - feature_past ... k + feature_future,
+        edge padded), as in training."""
         from avatar.model.audio import feature_windows
 
         f = torch.as_tensor(np.asarray(feats, np.float32) if not torch.is_tensor(feats) else feats, device=self.device).float()
         if f.dim() != 2 or f.shape[1] != self.feature_dim:
             raise AvatarError(f"audio features must be [N, {self.feature_dim}] ({self.feature_meta.get('extractor')}), got {tuple(f.shape)}")
-        return feature_windows(f, self.feature_window)
+        return feature_windows(f, self.feature_window, self.feature_future)
 
     @torch.no_grad()
     def render(self, feats: torch.Tensor, viewmats: torch.Tensor, blink: torch.Tensor, *, K: torch.Tensor | None = None,

@@ -15,8 +15,9 @@ as everything it depends on is known:
      streaming uses short causal ones (`SpeakConfig.stream_segment_frames`).
   2. silence: `SpeechGate` (silero-vad / energy) with `pad_after` frames of look-ahead; non-speech
      rows are replaced by the training clip's silent closed-mouth row (model.md §5).
-  3. the model's centred feature window (`Avatar.feature_window` rows, edge padded at the clip ends
-     exactly like `Avatar.feature_windows`) needs `W - W//2 - 1` future rows.
+  3. the model's feature window (`Avatar.feature_window` rows k - past ... k + future, edge padded at
+     the clip ends exactly like `Avatar.feature_windows`) needs `Avatar.feature_future` future rows: W//2
+     for a centred model, `ModelConfig.audio_lookahead` for one trained with a causal look-ahead.
   4. head pose / blink / camera generators are sequential (avatar/motion.py).
 Hence the streaming output equals the offline output frame for frame for the same segment settings,
 and the algorithmic delay is (G + F + window look-ahead) frames, reported by `Speaker.delay_s`.
@@ -108,8 +109,9 @@ class SpeakConfig:
     stream_future_frames: int = 2
     """Streaming: future audio context of each feature segment, in frames (part of the delay)."""
     window_lookahead: int | None = None
-    """Future feature rows the model's window may use (None = the model's full window; fewer = lower delay,
-    the missing rows are edge-padded as at a clip end)."""
+    """Future feature rows the model's window may use (None = the model's own look-ahead, `Avatar.feature_future`;
+    fewer = lower delay, the missing rows are edge-padded as at a clip end, which the model never saw in
+    training: prefer a model trained with `--model.audio_lookahead`)."""
     feature_model_dir: str | None = None
     """Local folder of the wav2vec2/HuBERT model when the avatar was trained on such features."""
 
@@ -287,9 +289,9 @@ class _Engine:
         self.pose_gen = sp._make_pose()
         self.blink_gen = sp._make_blink()
         W = sp.avatar.feature_window
-        self.r = W // 2
-        self.win_after = W - self.r - 1
-        self.look = self.win_after if sp.cfg.window_lookahead is None else max(0, min(self.win_after, int(sp.cfg.window_lookahead)))
+        self.win_after = int(getattr(sp.avatar, "feature_future", W - 1 - W // 2))  # the model's look-ahead
+        self.r = W - 1 - self.win_after  # past rows of the window
+        self.look = sp.window_look()
         self.speech_frames = 0
         self.record = sp._record  # motion export lists (or None)
 
@@ -530,10 +532,17 @@ class Speaker:
         window look-ahead), i.e. its segment's end (<= G frames on) plus F frames of future context, and
         the silence gate's decisions up to k + L + 3 (2 frames padding + the 1-frame ramp)."""
         G, _, F = self._stream_params() if streaming else self._offline_params()
-        W = self.avatar.feature_window
-        look = (W - W // 2 - 1) if self.cfg.window_lookahead is None else int(self.cfg.window_lookahead)
         gate = 3.5 if self.cfg.vad != "off" else 0.0
-        return (look + max(G + F, gate)) / self.fps
+        return (self.window_look() + max(G + F, gate)) / self.fps
+
+    def window_look(self) -> int:
+        """Future feature rows a frame waits for: the model's look-ahead (`Avatar.feature_future`, trained),
+        optionally clamped lower by `SpeakConfig.window_lookahead`."""
+        W = self.avatar.feature_window
+        future = int(getattr(self.avatar, "feature_future", W - 1 - W // 2))
+        if self.cfg.window_lookahead is None:
+            return future
+        return max(0, min(future, int(self.cfg.window_lookahead)))
 
     # -- rendering ------------------------------------------------------------------------------
     def _render(self, eng: _Engine, count: int) -> list[tuple[int, np.ndarray]]:

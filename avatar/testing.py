@@ -155,9 +155,10 @@ def make_tiny_dataset(root: str | Path, num_frames: int = 24, size: int = 64, fp
 
 
 def make_tiny_run(root: str | Path, iters: int = 20, num_frames: int = 24, size: int = 64, seed: int = 0,
-                  features: str = "synthetic") -> Path:
+                  features: str = "synthetic", overrides: dict | None = None) -> Path:
     """Train the `tiny` preset for `iters` steps on a fresh synthetic dataset; return the run folder.
-    `features` as in `make_tiny_dataset` ("phonetic+spectral" makes a run that speaks with the real extractor).
+    `features` as in `make_tiny_dataset` ("phonetic+spectral" makes a run that speaks with the real extractor);
+    `overrides`: extra dotted config overrides, e.g. {"model.audio_lookahead": 2} (values as text or typed).
 
     The run folder holds data/ (the synthetic dataset), config.yaml, checkpoints/, model.pt, metrics.json."""
     from avatar.config import apply_overrides
@@ -166,6 +167,7 @@ def make_tiny_run(root: str | Path, iters: int = 20, num_frames: int = 24, size:
 
     root = Path(root)
     data = make_tiny_dataset(root / "data", num_frames=num_frames, size=size, seed=seed, features=features)
-    cfg = apply_overrides(get_preset("tiny"), {"iters": str(iters), "seed": str(seed)})
+    cfg = apply_overrides(get_preset("tiny"), {"iters": str(iters), "seed": str(seed)}
+                          | dict(overrides or {}))
     fit(cfg, data, root, progress=False)
     return root

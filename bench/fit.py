@@ -64,7 +64,8 @@ def run_preset(preset: str, data_dir: Path, out: Path, minutes: float, every: fl
             m = evaluate_run(out, device=str(tr.device), write=False, max_frames=eval_frames)
             row = {"minutes": round(tr.elapsed / 60, 2), "step": tr.step, "head_psnr": round(m["head_psnr"], 3),
                    "full_psnr": round(m["full_psnr"], 3), "head_ssim": round(m["head_ssim"], 4),
-                   "lmd": round(m["lmd"], 3), "gaussians": sum(len(s) for s in tr.model.sets().values())}
+                   "lmd": round(m["lmd"], 3), "lmd_no_audio": round(m["lmd_no_audio"], 3),
+                   "mouth_corr": round(m["mouth_corr"], 3), "gaussians": sum(len(s) for s in tr.model.sets().values())}
             curve.append(row)
             print(f"[{preset}] {json.dumps(row)}", flush=True)
             mark += every

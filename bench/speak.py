@@ -90,7 +90,7 @@ def bench_device(run: Path, device: str, audio: Path, wav: np.ndarray, batch: in
         "e2e_fps": n / e2e_s, "no_encode_fps": n / render_s, "features_s": feat_s,
         "features_x_realtime": (len(wav) / SR) / max(feat_s, 1e-9), "stream_frames": len(frames),
         "stream_latency_p50_ms": 1000 * (st["latency_p50_s"] or 0), "stream_latency_p95_ms": 1000 * (st["latency_p95_s"] or 0),
-        "stream_delay_ms": 1000 * sp_s.delay_s(), "stream_fps": len(frames) / st["seconds"],
+        "stream_delay_ms": 1000 * sp_s.delay_s(), "window_future_rows": int(av.feature_future), "stream_fps": len(frames) / st["seconds"],
         "stream_x_realtime": (len(wav) / SR) / max(stream_wall, 1e-9),
         "stream_cpu_x_realtime": (len(wav) / SR) / max(stream_cpu, 1e-9),
         "stream_paced_latency_p50_ms": paced["p50_ms"], "stream_paced_latency_p95_ms": paced["p95_ms"],

@@ -179,6 +179,19 @@ def test_keeps_only_the_last_checkpoints(tmp_path):
     assert [s for s, _ in list_checkpoints(tmp_path)] == [3, 4]
 
 
+def test_audio_lookahead_is_checked_and_reaches_the_training_windows(tiny_data, tmp_path):
+    for bad in (-2, 5):  # tiny: 5-row window, look-ahead -1 (centred) or 0..4
+        with pytest.raises(AvatarError, match="model.audio_lookahead must be -1") as e:
+            Trainer(_tiny_cfg(**{"model.audio_lookahead": bad}), tiny_data, tmp_path / f"bad{bad}", progress=False)
+        assert "\n" not in str(e.value)
+    tr = Trainer(_tiny_cfg(**{"model.audio_lookahead": 0}), tiny_data, tmp_path / "causal", progress=False)
+    assert (tr.data.past, tr.data.future) == (4, 0) and (tr.model.audio.past, tr.model.audio.future) == (4, 0)
+    w = tr.data.windows([0, 10])
+    torch.testing.assert_close(w[1], tr.data.feats[6:11])  # frame 10 sees rows 6 ... 10
+    torch.testing.assert_close(w[0], tr.data.feats[[0, 0, 0, 0, 0]])  # edge padded
+    torch.testing.assert_close(tr.data.all_windows()[[0, 10]], w)
+
+
 def test_incomplete_dataset_is_a_one_line_error(tmp_path):
     (tmp_path / "d").mkdir()
     with pytest.raises(AvatarError, match="incomplete"):

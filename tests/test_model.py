@@ -59,6 +59,61 @@ def test_audio_encoder_windows_and_normalisation():
         enc(torch.zeros(2, 6, 5))
 
 
+def test_feature_windows_default_is_the_old_centred_window():
+    feats = torch.randn(13, 4)
+    for window in (1, 3, 5, 7, 17, 4):  # odd model windows, and an even one (old formula: r = window // 2)
+        r = window // 2
+        idx = (torch.arange(13)[:, None] + torch.arange(-r, window - r)[None]).clamp(0, 12)
+        old = feats[idx]
+        assert torch.equal(feature_windows(feats, window), old)
+        assert torch.equal(feature_windows(feats, window, window - 1 - r), old)
+    enc = AudioEncoder(in_dim=4, audio_window=9, att_window=9)  # lookahead -1 (centred) by default
+    assert (enc.lookahead, enc.window, enc.past, enc.future) == (-1, 17, 8, 8)
+    assert torch.equal(feature_windows(feats, enc.window, enc.future), feature_windows(feats, enc.window))
+
+
+def test_feature_windows_with_lookahead():
+    feats = torch.arange(30, dtype=torch.float32)[:, None].expand(30, 2).contiguous()  # row j holds j
+    enc = AudioEncoder(in_dim=2, audio_window=9, att_window=9, lookahead=2)
+    assert (enc.window, enc.past, enc.future) == (17, 14, 2)
+    wins = feature_windows(feats, enc.window, enc.future)  # [30, 17, 2]
+    for k in (0, 5, 14, 20, 27, 29):
+        want = torch.arange(k - 14, k + 3).clamp(0, 29).float()  # rows k - 14 ... k + 2, edge padded
+        assert torch.equal(wins[k, :, 0], want), k
+        assert wins[k, enc.past, 0] == k  # the frame's own row sits at index `past`
+    assert wins[20, -1, 0] == 22  # the window of frame k ends at row k + 2
+    # 0 = fully causal, W - 1 = fully in the future
+    assert torch.equal(feature_windows(feats, 5, 0)[10, :, 0], torch.arange(6.0, 11.0))
+    assert torch.equal(feature_windows(feats, 5, 4)[10, :, 0], torch.arange(10.0, 15.0))
+    for bad in (-2, 17, 40):
+        with pytest.raises(ValueError):
+            AudioEncoder(in_dim=2, audio_window=9, att_window=9, lookahead=bad)
+    with pytest.raises(ValueError):
+        feature_windows(feats, 5, 5)
+    # the encoder's code of frame k depends on rows up to k + 2 only
+    torch.manual_seed(0)
+    enc.set_normalisation(torch.randn(50, 2))
+    f = torch.randn(30, 2)
+    g = f.clone()
+    g[23:] += 5.0  # change rows after 20 + 2
+    a = enc(feature_windows(f, enc.window, enc.future))
+    b = enc(feature_windows(g, enc.window, enc.future))
+    torch.testing.assert_close(a[:21], b[:21])
+    assert not torch.allclose(a[21], b[21])
+
+
+def test_model_lookahead_from_config_and_old_configs():
+    from avatar.config import from_dict, to_dict
+    from avatar.model.config import ModelConfig
+
+    assert ModelConfig().audio_lookahead == -1
+    d = to_dict(ModelConfig(audio_lookahead=2))
+    assert d["audio_lookahead"] == 2
+    old = {k: v for k, v in d.items() if k != "audio_lookahead"}  # a model.pt written before the field existed
+    assert from_dict(ModelConfig, old).audio_lookahead == -1
+    assert "lookahead" not in dict(AudioEncoder(3, lookahead=1).state_dict())  # not a buffer: state dicts unchanged
+
+
 def test_audio_net_reduces_any_odd_window():
     for w in (3, 9, 17):
         assert AudioNet(7, 32, w)(torch.randn(2, w, 7)).shape == (2, 32)

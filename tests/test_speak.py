@@ -323,6 +323,63 @@ def test_streaming_equals_offline(avatar):
     assert 0 < sp.delay_s() < 1.0
 
 
+@pytest.fixture(scope="session")
+def lookahead_avatar(tmp_path_factory):
+    """A tiny run trained with a causal window: 9 rows (audio_window 5 + att_window 5 - 1), look-ahead 2."""
+    from avatar.runtime import Avatar
+    from avatar.testing import make_tiny_run
+
+    root = make_tiny_run(tmp_path_factory.mktemp("lookahead") / "run",
+                         overrides={"model.audio_window": 5, "model.att_window": 5, "model.audio_lookahead": 2})
+    return Avatar.load(root, device="cpu")
+
+
+def test_streaming_with_trained_lookahead(lookahead_avatar):
+    import copy
+
+    from avatar.speak import SpeakConfig, Speaker, _Engine
+
+    av = lookahead_avatar
+    assert (av.feature_window, av.feature_past, av.feature_future) == (9, 6, 2)
+    assert av.config["model"]["audio_lookahead"] == 2
+    centred = copy.deepcopy(av)  # same weights and window, centred (lookahead is a plain attribute)
+    centred.model.audio.lookahead = -1
+    assert (centred.feature_past, centred.feature_future) == (4, 4)
+    cfg = SpeakConfig(vad="energy", pose="audio")
+    sp = Speaker(av, cfg)
+    assert sp.delay_s() < Speaker(centred, cfg).delay_s()
+    assert Speaker(centred, cfg).delay_s() - sp.delay_s() == pytest.approx(2 / 25)  # two rows less look-ahead
+    assert Speaker(av, SpeakConfig(vad="energy", window_lookahead=5)).delay_s() == pytest.approx(sp.delay_s())  # clamp only lowers
+
+    wav = talking_wav(2.0, silence=(0.9, 1.2))
+    ref = [f.rgb for f in Speaker(av, cfg).stream_offline_equivalent(wav)]
+    rng = np.random.default_rng(1)
+    chunks = np.split(wav, np.sort(rng.choice(len(wav), 50, replace=False)))
+    wins = []
+    take = _Engine.take
+
+    def spy(self, count):
+        out = take(self, count)
+        wins.append(out[0])
+        return out
+
+    _Engine.take = spy
+    try:
+        got, waited = [], []
+        for f in sp.stream(chunks, record=True):
+            got.append(f)
+            if not sp.engine.ended:
+                waited.append(sp.engine.total / SR - f.time_s)
+    finally:
+        _Engine.take = take
+    assert [f.index for f in got] == list(range(len(ref))) and len(ref) == 50
+    assert max(np.abs(a.astype(int) - b.rgb.astype(int)).max() for a, b in zip(ref, got)) <= 1  # frame for frame
+    assert waited and max(waited) <= sp.delay_s() + max(len(c) for c in chunks) / SR + 1e-6
+    # the engine feeds the model exactly the windows it was trained on (rows k - 6 ... k + 2, edge padded)
+    rows = np.stack(sp._record["feats"])
+    np.testing.assert_array_equal(np.concatenate(wins), av.feature_windows(rows).numpy())
+
+
 def test_stream_cli_writes_raw_frames(tiny_run, tmp_path):
     src = write_wav(tmp_path / "a.wav", talking_wav(1.0))
     out = tmp_path / "frames.rgb"

@@ -596,7 +596,10 @@ class AvatarViewer:
         height = max(32, int(round(self._res.value * scale / 2)) * 2)
         width = min(MAX_RENDER_WIDTH, max(32, int(round(height * aspect / 2)) * 2))
 
-        V = viewmat_from_viser(wxyz, pos) @ self._head_offset()
+        # Head pose (training pose moved by the sliders) and the free-view camera given apart, so the
+        # torso and the background plate follow the camera as one body (Avatar.render(camera=...)).
+        H = self._home_viewmat @ self._head_offset()
+        C = viewmat_from_viser(wxyz, pos) @ np.linalg.inv(self._home_viewmat)
         K = intrinsics_from_fov(fov, width, height)
         if play is not None:
             k = self._play_frame(play, st, now)
@@ -610,8 +613,9 @@ class AvatarViewer:
         t0 = time.perf_counter()
         with torch.inference_mode():
             out = self.avatar.render(
-                feats, torch.as_tensor(V, dtype=torch.float32, device=dev)[None],
+                feats, torch.as_tensor(H, dtype=torch.float32, device=dev)[None],
                 torch.tensor([float(self._blink.value)], device=dev),
+                camera=torch.as_tensor(C, dtype=torch.float32, device=dev)[None],
                 K=torch.as_tensor(K, dtype=torch.float32, device=dev), width=width, height=height,
                 background=bg, lip_scale=float(self._lip.value), torso=bool(self._torso.value))
             rgb = (out["rgb"][0].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()  # [H, W, 3]

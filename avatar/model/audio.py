@@ -8,7 +8,10 @@ layer and returns their weighted sum (temporal smoothing that can ignore outlier
 Our features are per-video-frame rows [N, D] (features/NAME.npy), so a window is a stack of
 neighbouring rows: AudioNet sees `audio_window` rows around a frame, AudioAttNet combines the codes
 of `att_window` frames around it, hence one frame consumes `audio_window + att_window - 1` rows
-centred on it (`AudioEncoder.window`).
+(`AudioEncoder.window`). By default they are centred on the frame; `ModelConfig.audio_lookahead`
+shifts them into the past so that the window for frame k is rows k - past ... k + future with
+future = the look-ahead (`AudioEncoder.past` / `.future`): a trained model property, so streaming
+waits for `future` rows only and sees at inference what it saw in training.
 """
 
 from __future__ import annotations
@@ -57,16 +60,28 @@ class AudioAttNet(nn.Module):
         return (self.weights(codes)[..., None] * codes).sum(1)  # [B, C]
 
 
+def centred_future(window: int) -> int:
+    """Future rows of a centred window of `window` rows (row window // 2 is the frame)."""
+    return window - 1 - window // 2
+
+
 class AudioEncoder(nn.Module):
     """Feature windows [B, audio_window + att_window - 1, D] (raw rows) -> audio code [B, dim].
 
+    The window for frame k is rows k - past ... k + future (`past`, `future`; `lookahead` = -1:
+    centred, else future = lookahead). `lookahead` is a plain attribute taken from the model config
+    (not a buffer), so model files written before it existed load unchanged as centred.
     Rows are normalised with the training clip's per-dimension mean/std (buffers, saved with the
     model, so new audio is normalised the same way).
     """
 
-    def __init__(self, in_dim: int, dim: int = 32, audio_window: int = 9, att_window: int = 9):
+    def __init__(self, in_dim: int, dim: int = 32, audio_window: int = 9, att_window: int = 9, lookahead: int = -1):
         super().__init__()
         self.in_dim, self.audio_window, self.att_window = in_dim, audio_window, att_window
+        w = audio_window + att_window - 1
+        if lookahead != -1 and not 0 <= lookahead <= w - 1:
+            raise ValueError(f"audio lookahead must be -1 (centred) or in [0, {w - 1}], got {lookahead}")
+        self.lookahead = int(lookahead)
         self.net = AudioNet(in_dim, dim, audio_window)
         self.att = AudioAttNet(dim, att_window)
         self.register_buffer("feat_mean", torch.zeros(in_dim))
@@ -76,13 +91,23 @@ class AudioEncoder(nn.Module):
     def window(self) -> int:
         return self.audio_window + self.att_window - 1
 
+    @property
+    def future(self) -> int:
+        """Feature rows after the frame's own row that the window reaches."""
+        return centred_future(self.window) if self.lookahead < 0 else self.lookahead
+
+    @property
+    def past(self) -> int:
+        """Feature rows before the frame's own row in the window (window = past + 1 + future)."""
+        return self.window - 1 - self.future
+
     def set_normalisation(self, feats: torch.Tensor) -> None:
         """feats: [N, D] training rows."""
         self.feat_mean.copy_(feats.mean(0))
         self.feat_std.copy_(feats.std(0).clamp_min(1e-4))
 
     def forward(self, windows: torch.Tensor, smooth: bool = True) -> torch.Tensor:
-        """windows: [B, W, D] with W == self.window, frame at the centre -> [B, dim]."""
+        """windows: [B, W, D] with W == self.window, frame k's row at index `past` -> [B, dim]."""
         b, w, d = windows.shape
         if w != self.window or d != self.in_dim:
             raise ValueError(f"audio windows must be [B, {self.window}, {self.in_dim}], got {tuple(windows.shape)}")
@@ -95,12 +120,29 @@ class AudioEncoder(nn.Module):
         return self.att(codes.reshape(b, self.att_window, -1))
 
 
-def feature_windows(feats: torch.Tensor, window: int) -> torch.Tensor:
-    """[N, D] per-frame rows -> [N, window, D] windows centred on each frame, edge padded.
+def window_offsets(window: int, future: int | None = None) -> tuple[int, int]:
+    """(past, future) rows of a window of `window` rows; future None = centred."""
+    f = centred_future(window) if future is None else int(future)
+    if not 0 <= f <= window - 1:
+        raise ValueError(f"window future rows must be in [0, {window - 1}], got {future}")
+    return window - 1 - f, f
+
+
+def window_indices(idx: torch.Tensor, window: int, future: int | None = None, num_rows: int | None = None) -> torch.Tensor:
+    """Frame indices idx [B] -> row indices [B, window]: rows k - past ... k + future, clamped to
+    [0, num_rows - 1] when num_rows is given (edge padding)."""
+    past, _ = window_offsets(window, future)
+    out = idx[:, None] + torch.arange(-past, window - past, device=idx.device)[None]
+    return out if num_rows is None else out.clamp(0, num_rows - 1)
+
+
+def feature_windows(feats: torch.Tensor, window: int, future: int | None = None) -> torch.Tensor:
+    """[N, D] per-frame rows -> [N, window, D] windows, edge padded: the window of frame k is rows
+    k - past ... k + future (past = window - 1 - future); future None = centred (row window // 2 is
+    the frame, `AudioEncoder` with lookahead -1).
 
     Edge padding (repeat the first/last row) rather than zeros: a zero row is not the feature of
     silence for most extractors (design/model.md §5, "mouth ajar on silent audio").
     """
-    r = window // 2
-    idx = torch.arange(feats.shape[0], device=feats.device)[:, None] + torch.arange(-r, window - r, device=feats.device)[None]
-    return feats[idx.clamp(0, feats.shape[0] - 1)]  # [N, window, D]
+    idx = window_indices(torch.arange(feats.shape[0], device=feats.device), window, future, feats.shape[0])
+    return feats[idx]  # [N, window, D]

@@ -42,7 +42,7 @@ class AvatarModel(nn.Module):
         self.head = GaussianSet(counts["head"], cfg.sh_degree)
         self.mouth = GaussianSet(counts["mouth"], cfg.sh_degree)
         self.torso = GaussianSet(counts.get("torso", 0), cfg.sh_degree, skinned=True)
-        self.audio = AudioEncoder(feat_dim, cfg.audio_dim, cfg.audio_window, cfg.att_window)
+        self.audio = AudioEncoder(feat_dim, cfg.audio_dim, cfg.audio_window, cfg.att_window, cfg.audio_lookahead)
         self.face_motion = FaceDeformer(cfg.audio_dim, cfg.grid_levels, cfg.grid_base_res, cfg.grid_max_res,
                                         cfg.grid_log2_table, cfg.motion_hidden)
         self.mouth_motion = MouthDeformer(cfg.audio_dim)

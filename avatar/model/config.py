@@ -27,6 +27,11 @@ class ModelConfig:
     """Feature rows (odd) AudioNet reads around a frame (9 rows at 25 fps = ±160 ms, like DeepSpeech's window)."""
     att_window: int = 9
     """Frames (odd) whose audio codes AudioAttNet smooths over."""
+    audio_lookahead: int = -1
+    """Future feature rows the audio window reaches (-1 = centred: W // 2 with W = audio_window +
+    att_window - 1; else 0 <= L <= W - 1, the window of frame k being rows k - (W - 1 - L) ... k + L).
+    Streaming must wait for these rows, so a smaller L lowers the delay (L rows = L / fps seconds); e.g.
+    2 = 80 ms at 25 fps: lips lead the sound by ~100 ms, so a little look-ahead is needed."""
     grid_levels: int = 12
     """Levels of each tri-plane hash grid of the face motion field."""
     grid_base_res: int = 16

@@ -14,7 +14,7 @@ import torch
 
 from avatar.dataset import MASK_LABELS, PERSON_LABELS, DatasetInfo, FrameCache
 from avatar.errors import AvatarError
-from avatar.model.audio import feature_windows
+from avatar.model.audio import feature_windows, window_indices, window_offsets
 from avatar.model.geometry import LIPS_OUTER, LOWER_INNER_LIPS, MOTION_LANDMARKS
 from avatar.train.config import DataConfig
 
@@ -32,10 +32,14 @@ def render_size(width: int, height: int, resolution: int) -> tuple[int, int, flo
 class FitData:
     """Everything the trainer reads from DATA_DIR, as torch tensors at the training resolution."""
 
-    def __init__(self, info: DatasetInfo, cfg: DataConfig, window: int, device: torch.device | str = "cpu"):
+    def __init__(self, info: DatasetInfo, cfg: DataConfig, window: int, device: torch.device | str = "cpu",
+                 future: int | None = None):
+        """window: feature rows per frame; future: rows after the frame's own (None = centred,
+        `AudioEncoder.future` of the model being trained or evaluated)."""
         import cv2
 
         self.info, self.cfg, self.device, self.window = info, cfg, torch.device(device), window
+        self.past, self.future = window_offsets(window, future)
         self.width, self.height, self.scale = render_size(info.width, info.height, cfg.resolution)
         sx, sy = self.width / info.width, self.height / info.height
         pose = info.camera_pose()
@@ -102,13 +106,12 @@ class FitData:
         return max(0, x0), max(0, y0), min(self.width, x1), min(self.height, y1)
 
     def windows(self, idx: np.ndarray | list[int]) -> torch.Tensor:
-        """[B, W, D] edge-padded feature windows centred on frames idx."""
-        r = self.window // 2
-        idx_t = torch.as_tensor(np.asarray(idx), device=self.device)[:, None] + torch.arange(-r, self.window - r, device=self.device)
-        return self.feats[idx_t.clamp(0, self.feats.shape[0] - 1)]
+        """[B, W, D] edge-padded feature windows of frames idx (rows k - past ... k + future)."""
+        idx_t = torch.as_tensor(np.asarray(idx), device=self.device).reshape(-1)
+        return self.feats[window_indices(idx_t, self.window, self.future, self.feats.shape[0])]
 
     def all_windows(self) -> torch.Tensor:
-        return feature_windows(self.feats, self.window)
+        return feature_windows(self.feats, self.window, self.future)
 
     def batch(self, idx: np.ndarray | list[int]) -> dict[str, torch.Tensor]:
         """Tensors for frames idx: rgb [B,H,W,3] in [0,1], labels [B,H,W] long, viewmats, feats [B,W,D], blink [B], lips [B,H,W,1]."""

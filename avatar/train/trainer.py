@@ -126,7 +126,11 @@ class Trainer:
         window = cfg.model.audio_window + cfg.model.att_window - 1
         if cfg.model.audio_window % 2 == 0 or cfg.model.att_window % 2 == 0:
             raise AvatarError("model.audio_window and model.att_window must be odd (windows are centred on a frame)")
-        self.data = FitData(info, cfg.data, window, self.device)
+        look = cfg.model.audio_lookahead
+        if look != -1 and not 0 <= look <= window - 1:
+            raise AvatarError(f"model.audio_lookahead must be -1 (centred) or in [0, {window - 1}] "
+                              f"(the window has {window} rows), got {look}")
+        self.data = FitData(info, cfg.data, window, self.device, future=None if look == -1 else look)
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
