@@ -123,6 +123,10 @@ def test_eval_audio_hook(tiny_run, capsys, monkeypatch):
     fake = types.ModuleType("avatar.lipsync")
     fake.eval_audio = lambda run_dir, audio: seen.update(run=str(run_dir), audio=str(audio)) or {"sync_score": 1.5}
     monkeypatch.setitem(sys.modules, "avatar.lipsync", fake)
+    import avatar
+
+    # `import avatar.lipsync as m` reads the package attribute first: set when an earlier test imported the real one
+    monkeypatch.setattr(avatar, "lipsync", fake, raising=False)
     assert main(["eval", str(tiny_run), "--audio", "x.wav", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {"sync_score": 1.5}
     assert seen == {"run": str(tiny_run), "audio": "x.wav"}
