@@ -84,5 +84,5 @@ setup(
         "test": ["pytest>=7", "playwright>=1.40"],
         "gsplat": ["gsplat==1.5.3", "packaging"],
     },
-    entry_points={"console_scripts": ["avatar=avatar.cli:main"]},
+    entry_points={"console_scripts": ["avatar=avatar.cli:console"]},
 )

@@ -87,5 +87,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def console() -> int:
+    """The `avatar` console script: MediaPipe/TFLite's native log lines muted (avatar/logs.py), then `main`."""
+    from avatar.logs import mute_native_stderr
+
+    mute_native_stderr()
+    return main()
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    sys.exit(console())

@@ -130,3 +130,9 @@ def test_eval_audio_hook(tiny_run, capsys, monkeypatch):
     assert main(["eval", str(tiny_run), "--audio", "x.wav", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {"sync_score": 1.5}
     assert seen == {"run": str(tiny_run), "audio": "x.wav"}
+    # Without --json the lip-sync figures are printed as a table (they used to print nothing).
+    fake.eval_audio = lambda run_dir, audio: {"av_offset_frames": -3, "av_corr": 0.25, "gt_av_offset_frames": -2,
+                                              "gt_av_corr": 0.2, "frames": 50}
+    assert main(["eval", str(tiny_run), "--audio", "x.wav"]) == 0
+    out = capsys.readouterr().out
+    assert "AV offset" in out and "-3" in out and "0.2500" in out and "real AV corr" in out

@@ -130,3 +130,19 @@ def test_cli_help_and_bad_input():
     assert r.returncode == 0 and r.stdout.startswith("avatar ")
     r = run("no-such-command")
     assert r.returncode != 0 and "Traceback" not in r.stderr
+
+
+def test_console_mutes_native_stderr_but_not_python(tmp_path):
+    """The `avatar` console script routes native fd-2 chatter (MediaPipe/TFLite) to /dev/null while
+    Python's stderr (progress bars, one-line errors) still reaches the terminal; AVATAR_VERBOSE=1 keeps all."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os, sys; from avatar.logs import mute_native_stderr; mute_native_stderr(); "
+            "os.write(2, b'native-line\\n'); print('python-line', file=sys.stderr)")
+    env = {k: v for k, v in os.environ.items() if k != "AVATAR_VERBOSE"}
+    quiet = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert "python-line" in quiet.stderr and "native-line" not in quiet.stderr
+    loud = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**env, "AVATAR_VERBOSE": "1"}, timeout=60)
+    assert "python-line" in loud.stderr and "native-line" in loud.stderr

@@ -33,7 +33,9 @@ def print_table(metrics: dict, file=None) -> None:
     rows = [("head PSNR (dB)", "head_psnr"), ("full PSNR (dB)", "full_psnr"), ("head SSIM", "head_ssim"),
             ("full SSIM", "full_ssim"), ("LMD (px)", "lmd"), ("LMD, audio off", "lmd_no_audio"),
             ("mouth corr", "mouth_corr"), ("fit time (s)", "fit_time_s"), ("iterations", "iters"),
-            ("Gaussians", "num_gaussians"), ("eval frames", "eval_frames")]
+            ("Gaussians", "num_gaussians"), ("eval frames", "eval_frames"),
+            ("AV offset (fr)", "av_offset_frames"), ("AV corr", "av_corr"), ("real AV offset", "gt_av_offset_frames"),
+            ("real AV corr", "gt_av_corr"), ("frames", "frames"), ("mouth measure", "mouth_measure")]
     for label, key in rows:
         if key in metrics:
             v = metrics[key]
