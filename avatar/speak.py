@@ -163,6 +163,39 @@ class TrainingStats:
     silent_row: np.ndarray | None  # [D]
     level_db: np.ndarray | None  # [N_train] RMS level per training frame
     source: str
+    silent_window: np.ndarray | None = None  # [W, D] the real training window the model renders most closed
+
+
+def closed_mouth_window(avatar, feats: np.ndarray, level_db: np.ndarray | None, shape3d: np.ndarray) -> np.ndarray | None:
+    """[W, D] the training clip's feature window (real, consecutive rows) for which the trained model's
+    lips are most closed, among the quietest 30 % of training frames.
+
+    Why not a window of the averaged silent row: a constant window never occurs in training, and on a
+    real run (lieu, 15 min) it rendered a half-open mouth (MediaPipe opening 0.070 on 3 s of silence vs
+    0.057 median over the clip). The model's predicted inner-lip gap is read from its motion field at
+    the canonical landmarks 13/14 (`AvatarModel.point_motion`, the field the landmark motion loss
+    trains), which costs one audio-encoder pass over the training windows, no rendering."""
+    import torch
+
+    from avatar.model.geometry import LOWER_INNER_LIP, UPPER_INNER_LIP
+
+    m = avatar.model
+    if len(feats) == 0 or shape3d is None:
+        return None
+    wins = avatar.feature_windows(feats)  # [N, W, D]
+    pts = torch.as_tensor(np.asarray(shape3d, np.float32)[[UPPER_INNER_LIP, LOWER_INNER_LIP]], device=avatar.device)
+    gaps = []
+    with torch.no_grad():
+        for i in range(0, wins.shape[0], 256):
+            w = wins[i:i + 256]
+            x, _ = m.point_motion(pts, m.audio(w), torch.zeros(w.shape[0], device=avatar.device))
+            gaps.append(((x[:, 1] - x[:, 0]).norm(dim=-1) / m.unit).cpu().numpy())
+    gap = np.concatenate(gaps)
+    cand = np.arange(len(gap))
+    if level_db is not None and len(level_db) == len(gap):
+        cand = cand[np.asarray(level_db) <= np.percentile(level_db, 30)]
+    k = int(cand[np.argmin(gap[cand])])
+    return wins[k].cpu().numpy().astype(np.float32)
 
 
 def training_stats(avatar, feature_fn: FeatureFn | None = None) -> TrainingStats:
@@ -188,7 +221,12 @@ def training_stats(avatar, feature_fn: FeatureFn | None = None) -> TrainingStats
         mouth = None
         if info.path("landmarks.npy").is_file():
             mouth = mouth_opening(np.asarray(info.landmarks()[a:b]))
-        return TrainingStats(silent_rows(feats, level, mouth), level, str(root))
+        window = None
+        try:
+            window = closed_mouth_window(avatar, feats, level, info.camera_pose().shape3d)
+        except (AvatarError, OSError, KeyError, ValueError):
+            window = None
+        return TrainingStats(silent_rows(feats, level, mouth), level, str(root), window)
     except (AvatarError, OSError, KeyError, ValueError, TypeError):
         if feature_fn is None:
             return TrainingStats(None, None, "none")
@@ -281,6 +319,7 @@ class _Engine:
         self.ended = False
         self.num_frames: int | None = None
         self.rows: dict[int, np.ndarray] = {}  # gated feature rows by frame
+        self.weights: dict[int, float] = {}  # speech weight by frame (1 speech, 0 silence, ramps between)
         self.raw_rows_computed = 0  # frames whose raw features exist
         self.raw: dict[int, np.ndarray] = {}
         self.gated_upto = 0
@@ -356,6 +395,7 @@ class _Engine:
                 w = float(np.mean(nb)) if nb else float(speech)
             row = self.raw.pop(k)
             self.rows[k] = close_mouth(row, self.sp.stats.silent_row, w) if self.sp.stats.silent_row is not None else row
+            self.weights[k] = w
             self.speech_frames += int(speech)
             if self.record is not None:
                 self.record["speech"].append(float(w))
@@ -389,7 +429,13 @@ class _Engine:
                 if hi is not None:
                     j = min(j, hi)
                 rows.append(self.rows[j])
-            wins.append(np.stack(rows))
+            win = np.stack(rows)
+            sw, wk = self.sp.stats.silent_window, self.weights.get(k, 1.0)
+            if sw is not None and wk < 1.0 and sw.shape == win.shape:
+                # silence: the real training window the model renders most closed (`closed_mouth_window`),
+                # cross-faded over the gate's one-frame ramp
+                win = (wk * win + (1.0 - wk) * sw).astype(np.float32)
+            wins.append(win)
             level = None
             if self.sp.needs_level:
                 c = int(round(k * self.spf))
@@ -417,6 +463,8 @@ class _Engine:
         k = self.emitted
         for j in [j for j in self.rows if j < k - self.r - 1]:
             del self.rows[j]
+        for j in [j for j in self.weights if j < k]:
+            del self.weights[j]
         keep_from = min(int(round((self.raw_rows_computed - self.P) * self.spf)), int(round((k - 2) * self.spf)))
         drop = keep_from - self.buf_start
         if drop > 0:

@@ -376,8 +376,13 @@ def test_streaming_with_trained_lookahead(lookahead_avatar):
     assert max(np.abs(a.astype(int) - b.rgb.astype(int)).max() for a, b in zip(ref, got)) <= 1  # frame for frame
     assert waited and max(waited) <= sp.delay_s() + max(len(c) for c in chunks) / SR + 1e-6
     # the engine feeds the model exactly the windows it was trained on (rows k - 6 ... k + 2, edge padded)
+    # (silent frames: cross-faded to the closed-mouth training window by their speech weight)
     rows = np.stack(sp._record["feats"])
-    np.testing.assert_array_equal(np.concatenate(wins), av.feature_windows(rows).numpy())
+    expect = av.feature_windows(rows).numpy()
+    w = np.asarray(sp._record["speech"], np.float32)[:, None, None]
+    if sp.stats.silent_window is not None:
+        expect = np.where(w < 1, w * expect + (1 - w) * sp.stats.silent_window[None], expect)
+    np.testing.assert_allclose(np.concatenate(wins), expect, rtol=0, atol=1e-6)
 
 
 def test_stream_cli_writes_raw_frames(tiny_run, tmp_path):
@@ -632,3 +637,30 @@ def test_streaming_builds_the_phone_decoder_once(monkeypatch):
     assert len(frames) == 50
     assert len(decoded) >= 10  # one utterance per 5-frame segment
     assert len(built) == 0  # the Speaker's own set-up (training stats) already built it
+
+
+def test_silence_uses_a_real_closed_mouth_training_window(tiny_run):
+    """The silence window is a real run of consecutive training feature rows (edge padded like training),
+    among the quiet frames, with the smallest inner-lip gap the model predicts of all of them."""
+    import torch
+
+    from avatar.dataset import load_dataset
+    from avatar.model.geometry import LOWER_INNER_LIP, UPPER_INNER_LIP
+    from avatar.runtime import Avatar
+    from avatar.speak import training_stats
+
+    av = Avatar.load(tiny_run, device="cpu")
+    st = training_stats(av)
+    assert st.silent_window is not None and st.silent_window.shape == (av.feature_window, av.feature_dim)
+    info = load_dataset(av.dataset["root"])
+    a, b = av.dataset["train"]
+    feats = np.asarray(info.feature(info.default_feature), np.float32)[a:b]
+    wins = av.feature_windows(feats).numpy()
+    match = [k for k in range(len(wins)) if np.array_equal(wins[k], st.silent_window)]
+    assert match, "not a training window"
+    shape = torch.as_tensor(info.camera_pose().shape3d[[UPPER_INNER_LIP, LOWER_INNER_LIP]], dtype=torch.float32)
+    with torch.no_grad():
+        x, _ = av.model.point_motion(shape, av.model.audio(torch.as_tensor(wins)), torch.zeros(len(wins)))
+    gap = ((x[:, 1] - x[:, 0]).norm(dim=-1) / av.model.unit).numpy()
+    quiet = st.level_db <= np.percentile(st.level_db, 30)
+    assert gap[match[0]] <= gap[quiet].min() + 1e-7
