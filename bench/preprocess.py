@@ -2,11 +2,15 @@
 
     python bench/preprocess.py                              # macron_50s_30fps.mp4 at 512²
     python bench/preprocess.py --video clip.mp4 --resolution 256 --keep /tmp/ds
+    python bench/preprocess.py --compare /tmp/ds/data       # + label maps / plate vs an earlier run's
 
 Prints one line per stage (seconds, frames/s) and ends with ONE JSON line. Besides wall-clock
 figures it reports the process CPU time (this process + worker processes), so a run on a loaded,
 shared machine can still be judged: `cpu_fps_2cores` = frames / (cpu_seconds / 2) is the rate
-two otherwise idle cores would reach if the work were spread evenly over them.
+two otherwise idle cores would reach if the work were spread evenly over them. The masks stage runs
+in worker processes; their CPU time is counted once they are reaped (in the stage's own figure too).
+`--compare DIR` checks the new masks/*.png and background.png against an earlier dataset of the same
+clip (pixel agreement, per-label IoU, plate difference), e.g. one kept from before a change.
 Target (issue 2): >= 60 frames/s end to end on 2 CPU cores at 512².
 """
 
@@ -37,6 +41,8 @@ def main() -> None:
     ap.add_argument("--resolution", type=int, default=512)
     ap.add_argument("--keep", default=None, help="write the dataset here (default: a temp dir, deleted)")
     ap.add_argument("--preview", action="store_true", help="include the preview stage")
+    ap.add_argument("--threads", type=int, default=None, help="PreprocessConfig.threads (default: its default)")
+    ap.add_argument("--compare", default=None, help="an earlier dataset folder of the same clip: compare masks and plate")
     args = ap.parse_args()
 
     import logging
@@ -55,7 +61,10 @@ def main() -> None:
         shutil.rmtree(out)
     load0 = os.getloadavg()[0]
     cpu0, t0 = _cpu(), time.perf_counter()
-    info = run_preprocess(video, out, PreprocessConfig(resolution=args.resolution, preview=args.preview), progress=False)
+    cfg = PreprocessConfig(resolution=args.resolution, preview=args.preview)
+    if args.threads is not None:
+        cfg.threads = args.threads
+    info = run_preprocess(video, out, cfg, progress=False)
     wall = time.perf_counter() - t0
     cpu = _cpu() - cpu0
     load1 = os.getloadavg()[0]
@@ -82,9 +91,46 @@ def main() -> None:
         "trans_jitter_rel": round(q["trans_jitter_rel"], 5), "av_sync_lag": q.get("av_sync", {}).get("lag_frames"),
         "target_fps": 60,
     }
+    if args.compare:
+        result["compare"] = compare_masks(Path(args.compare), out)
+        c = result["compare"]
+        print(f"vs {args.compare}: pixel agreement {100 * c['pixel_agreement']:.4f} %, frames identical "
+              f"{c['frames_identical']}/{c['frames']}, IoU " + " ".join(f"{k} {v:.4f}" for k, v in c["iou"].items())
+              + f"; plate max |diff| {c['plate_max_abs_diff']}, mean {c['plate_mean_abs_diff']:.4f}")
     if not args.keep:
         shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(result))
+
+
+def compare_masks(ref: Path, new: Path) -> dict:
+    """Label maps and background plate of dataset `new` against `ref` (same clip): pixel agreement over
+    all frames, frames that are identical, per-label IoU (pooled over frames), plate differences."""
+    import cv2
+    import numpy as np
+
+    from avatar.dataset import MASK_LABELS
+
+    a_files, b_files = sorted((ref / "masks").glob("*.png")), sorted((new / "masks").glob("*.png"))
+    if [f.name for f in a_files] != [f.name for f in b_files] or not a_files:
+        raise SystemExit(f"bench: {ref} and {new} have different mask files ({len(a_files)} vs {len(b_files)})")
+    nlab = len(MASK_LABELS)
+    inter, union = np.zeros(nlab, np.int64), np.zeros(nlab, np.int64)
+    same = total = identical = 0
+    for fa, fb in zip(a_files, b_files):
+        a, b = cv2.imread(str(fa), cv2.IMREAD_UNCHANGED), cv2.imread(str(fb), cv2.IMREAD_UNCHANGED)
+        eq = int((a == b).sum())
+        same, total, identical = same + eq, total + a.size, identical + (eq == a.size)
+        ha = np.bincount(a.ravel(), minlength=nlab)[:nlab]
+        hb = np.bincount(b.ravel(), minlength=nlab)[:nlab]
+        hi = np.bincount(a[a == b].ravel(), minlength=nlab)[:nlab]
+        inter += hi
+        union += ha + hb - hi
+    pa = cv2.imread(str(ref / "background.png")).astype(np.int16)
+    pb = cv2.imread(str(new / "background.png")).astype(np.int16)
+    d = np.abs(pa - pb)
+    return {"frames": len(a_files), "frames_identical": identical, "pixel_agreement": same / total,
+            "iou": {name: float(inter[i] / union[i]) if union[i] else 1.0 for name, i in MASK_LABELS.items()},
+            "plate_max_abs_diff": int(d.max()), "plate_mean_abs_diff": float(d.mean())}
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ class PreprocessConfig:
     min_face_confidence: float = 0.5
     """MediaPipe face detection / tracking confidence (min_detection_confidence, min_tracking_confidence)."""
     threads: int = 2
-    """Worker threads for the landmark and mask stages (MediaPipe runs its graphs outside the GIL)."""
+    """Parallel workers: threads for the landmark stage (MediaPipe runs its graphs outside the GIL), processes for the mask stage (its label rules are Python-bound)."""
     fov_deg: float = 24.0
     """Assumed field of view across the frame's short side (degrees): initialises and regularises the focal length (24 deg = focal 1204 px at 512 px)."""
     focal_prior_weight: float = 1.0

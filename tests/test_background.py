@@ -116,3 +116,78 @@ def test_masked_median_matches_numpy():
     assert not ok[0, 0]
     assert np.abs(med[ok].astype(float) - expect[ok]).max() <= 0.5
     np.testing.assert_array_equal(cnt, valid.sum(0))
+
+
+def _clip_with_hair(n: int, seed: int = 1):
+    """_clip frames with a hair blob on top of the moving square (hair widens the person margin)."""
+    for k, (rgb, lab) in enumerate(_clip(n=n, seed=seed)):
+        x0 = 10 + k * 2
+        lab[30:40, x0 + 5:x0 + 35] = MASK_LABELS["hair"]
+        yield rgb, lab
+
+
+def test_distance_matches_full_frame_dilation():
+    """distance() grows hair inside the hair's box only; same distances as dilating the whole frame."""
+    import cv2
+
+    acc = BackgroundAccumulator(H, W, hair_margin=6)
+    for rgb, lab in list(_clip_with_hair(3)) + [(None, np.zeros((H, W), np.uint8))]:
+        bg = (lab == MASK_LABELS["background"]).astype(np.uint8)
+        hair = (lab == MASK_LABELS["hair"]).astype(np.uint8)
+        bg &= 1 - cv2.dilate(hair, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (13, 13)))
+        ref = cv2.distanceTransform(bg, cv2.DIST_L2, cv2.DIST_MASK_PRECISE) if not bg.all() else np.full((H, W), 255.0, np.float32)
+        np.testing.assert_array_equal(acc.distance(lab), ref)
+    lab = np.zeros((H, W), np.uint8)
+    lab[:4, :3] = MASK_LABELS["hair"]  # hair in a corner: the grown box is clipped to the image
+    bg = (lab == 0).astype(np.uint8) & (1 - cv2.dilate((lab > 0).astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (13, 13))))
+    np.testing.assert_array_equal(acc.distance(lab), cv2.distanceTransform(bg, cv2.DIST_L2, cv2.DIST_MASK_PRECISE))
+
+
+@pytest.mark.parametrize("stride,max_samples,runs", [(1, 4, (7, 13, 1, 19)), (3, 5, (32, 32)), (4, 32, (5,))])
+def test_parts_merged_in_order_equal_sequential(stride, max_samples, runs):
+    """Workers' shares (BackgroundPart over consecutive frames, pickled as between processes) merged in
+    frame order give exactly the plate and stats of add() on every frame in order."""
+    import pickle
+
+    frames = list(_clip_with_hair(64))
+    seq = BackgroundAccumulator(H, W, max_samples=max_samples, stride=stride, seed=5, margin=3.0)
+    for rgb, lab in frames:
+        seq.add(rgb, lab)
+    par = BackgroundAccumulator(H, W, max_samples=max_samples, stride=stride, seed=5, margin=3.0)
+    plan = par.reservoir_plan(len(frames))
+    assert len(plan) == min(max_samples, len(range(0, len(frames), stride))) and sorted(plan.values()) == list(range(len(plan)))
+    worker = BackgroundAccumulator(H, W, max_samples=max_samples, stride=stride, seed=5, margin=3.0)
+    bounds, a = [], 0
+    while a < len(frames):  # runs of the given sizes, cycled
+        b = min(len(frames), a + runs[len(bounds) % len(runs)])
+        bounds.append((a, b))
+        a = b
+    parts = []
+    for a, b in bounds:
+        part = worker.part(a, b, plan)
+        for k in range(a, b):
+            if part.uses(k):
+                part.add(*frames[k])
+            else:
+                part.skip()
+        parts.append(pickle.loads(pickle.dumps(part)))
+    if len(parts) > 1:
+        with pytest.raises(AvatarError):  # out of order
+            BackgroundAccumulator(H, W, max_samples=max_samples, stride=stride, seed=5).merge(parts[1])
+    for part in parts:
+        par.merge(part)
+    np.testing.assert_array_equal(par.finish(), seq.finish())
+    assert par.stats == seq.stats
+
+
+def test_part_skip_and_bounds():
+    acc = BackgroundAccumulator(H, W, stride=2)
+    part = acc.part(3, 6, acc.reservoir_plan(6))
+    rgb, lab = next(_clip(n=1))
+    part.skip()  # frame 3: not sampled
+    with pytest.raises(AvatarError):
+        part.skip()  # frame 4 is sampled: needs its data
+    part.add(rgb, lab)
+    part.add(rgb, lab)
+    with pytest.raises(AvatarError):
+        part.add(rgb, lab)  # past the share's end

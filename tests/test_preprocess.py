@@ -198,6 +198,45 @@ def test_may_masks(may_dataset):
     assert bg.shape == (info.height, info.width, 3)
 
 
+def test_masks_stage_same_in_process_and_in_worker_processes(may_dataset, tmp_path):
+    """stage_masks gives the label maps, plate and summary of the full run in-process (threads=1) and with
+    worker processes (threads=2, 3: runs handed out and merged in frame order); a worker's error arrives
+    as the one-line AvatarError."""
+    import shutil
+
+    import cv2
+
+    from avatar.preprocess.pipeline import StageContext, stage_masks
+
+    video, info = may_dataset
+
+    def run(threads: int, out):
+        shutil.copytree(info.root, out)
+        summaries = {"decode": json.loads((out / MARKER_DIR / "decode.json").read_text())["summary"]}
+        ctx = StageContext(video=video, out=out, cfg=PreprocessConfig(threads=threads), source_sha256="",
+                           progress=False, summaries=summaries)
+        return stage_masks(ctx)
+
+    ref = json.loads((info.root / MARKER_DIR / "masks.json").read_text())["summary"]
+    for threads in (1, 2, 3):
+        out = tmp_path / f"t{threads}"
+        assert run(threads, out) == ref, threads
+        for k in range(info.num_frames):
+            a = cv2.imread(str(info.root / "masks" / f"{k:06d}.png"), cv2.IMREAD_UNCHANGED)
+            b = cv2.imread(str(out / "masks" / f"{k:06d}.png"), cv2.IMREAD_UNCHANGED)
+            np.testing.assert_array_equal(a, b, err_msg=f"threads={threads} frame {k}")
+        np.testing.assert_array_equal(cv2.imread(str(info.root / "background.png")), cv2.imread(str(out / "background.png")))
+    bad = tmp_path / "bad"
+    shutil.copytree(info.root, bad)
+    (bad / "frames" / "000070.jpg").write_bytes(b"not a jpeg")
+    shutil.rmtree(bad / "masks")
+    summaries = {"decode": json.loads((bad / MARKER_DIR / "decode.json").read_text())["summary"]}
+    ctx = StageContext(video=video, out=bad, cfg=PreprocessConfig(threads=2), source_sha256="", progress=False,
+                       summaries=summaries)
+    with pytest.raises(AvatarError, match="000070.jpg: missing or unreadable frame"):
+        stage_masks(ctx)
+
+
 @pytest.mark.slow
 def test_may_cache_resume_and_force(may_dataset, tmp_path):
     """Re-running reuses every stage; --force blink redoes blink and what follows, not decode/landmarks/pose."""
