@@ -26,16 +26,11 @@ import torch
 from avatar.dataset import HEAD_LABELS, MASK_LABELS, load_dataset
 from avatar.errors import AvatarError
 from avatar.model.geometry import MOUTH_LANDMARKS
+from avatar.motion import mouth_opening
 from avatar.train.losses import psnr, ssim
 
 METRIC_KEYS = ("head_psnr", "full_psnr", "head_ssim", "full_ssim", "lmd", "lmd_no_audio", "mouth_corr")
 
-
-def _opening(pts: np.ndarray) -> float:
-    """Inner-lip gap (landmarks 13-14) over the face height (10-152) of one [478, 2] landmark set."""
-    from avatar.model.geometry import CHIN, FOREHEAD, LOWER_INNER_LIP, UPPER_INNER_LIP
-
-    return float(np.linalg.norm(pts[UPPER_INNER_LIP] - pts[LOWER_INNER_LIP]) / max(np.linalg.norm(pts[FOREHEAD] - pts[CHIN]), 1e-6))
 
 
 def _tracker():
@@ -103,8 +98,8 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", write: bool = True, 
                 idx = list(MOUTH_LANDMARKS)
                 if a is not None and b is not None:
                     lmd_vals.append(float(np.linalg.norm(a[idx] - b[idx], axis=-1).mean()))
-                    open_real.append(_opening(a))
-                    open_fake.append(_opening(b))
+                    open_real.append(float(mouth_opening(a[None])[0]))
+                    open_fake.append(float(mouth_opening(b[None])[0]))
                 if a is not None:
                     still = av.render(batch["feats"], batch["viewmats"], batch["blink"], lip_scale=0.0)["rgb"]
                     s8 = (still[0].cpu().numpy() * 255).round().astype(np.uint8)
