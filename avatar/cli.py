@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def console() -> int:
     """The `avatar` console script: MediaPipe/TFLite's native log lines muted (avatar/logs.py), then `main`."""
-    from avatar.logs import mute_native_stderr
+    from avatar.core.logs import mute_native_stderr
 
     mute_native_stderr()
     return main()

@@ -1,6 +1,6 @@
 """Test helpers usable by every part of the project: a tiny synthetic dataset and a tiny trained run.
 
-`make_tiny_dataset(dir)` writes a folder that follows the dataset contract (avatar/dataset.py) without
+`make_tiny_dataset(dir)` writes a folder that follows the dataset contract (avatar/core/dataset_format.py) without
 MediaPipe or real video: a cartoon head (ellipsoid face with 478 "landmarks", lips, eyes, hair),
 neck and shoulders over a gradient plate, turning slightly, opening its mouth with a periodic
 "audio" feature and blinking every 10 frames. Everything is consistent: landmarks are the
@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from avatar.dataset import DATASET_JSON, DATASET_VERSION, MASK_LABELS, CameraPose
-from avatar.model.geometry import CHIN, FOREHEAD, LIPS_INNER, LIPS_OUTER
+from avatar.core.audio import SAMPLE_RATE
+from avatar.core.dataset_format import DATASET_JSON, DATASET_VERSION, MASK_LABELS, CameraPose
+from avatar.core.landmarks import CHIN, FOREHEAD, LIPS_INNER, LIPS_OUTER
 
 FEATURE_NAME = "synthetic"
 
@@ -51,15 +52,15 @@ def _rot_y(angle: float) -> np.ndarray:
 
 def make_tiny_dataset(root: str | Path, num_frames: int = 24, size: int = 64, fps: float = 25.0, seed: int = 0,
                       features: str = "synthetic") -> Path:
-    """Write a synthetic dataset folder (contract of avatar/dataset.py) and return its path.
+    """Write a synthetic dataset folder (contract of avatar/core/dataset_format.py) and return its path.
 
     features: "synthetic" (8-d [opening, opening^2, noise], recoverable from the audio by
-    `avatar.speak.synthetic_features`) or "phonetic+spectral" (the real default extractor run on the
+    `avatar.engine.speak.synthetic_features`) or "phonetic+spectral" (the real default extractor run on the
     dataset's audio, so `speak` exercises the real feature path end to end, e.g. in bench/speak.py)."""
     import cv2
     import soundfile as sf
 
-    from avatar.io import save_npy_atomic, write_json_atomic, write_text_atomic
+    from avatar.core.io import save_npy_atomic, write_json_atomic, write_text_atomic
 
     root = Path(root)
     for sub in ("frames", "masks", "features"):
@@ -117,7 +118,7 @@ def make_tiny_dataset(root: str | Path, num_frames: int = 24, size: int = 64, fp
     save_npy_atomic(root / "landmarks.npy", landmarks)
     CameraPose(R=Rs, t=ts, focal=focal, cx=cx, cy=cy, shape3d=shape).save(root / "pose.npz")
     save_npy_atomic(root / "blink.npy", blink)
-    sr = 16000
+    sr = SAMPLE_RATE
     tt = np.arange(int(num_frames / fps * sr)) / sr
     env = np.interp(tt * fps, k, opening)
     wav = (0.3 * env * np.sin(2 * np.pi * 220 * tt)).astype(np.float32)
@@ -127,7 +128,7 @@ def make_tiny_dataset(root: str | Path, num_frames: int = 24, size: int = 64, fp
         feats = np.concatenate([opening[:, None], opening[:, None] ** 2, 0.05 * rng.normal(size=(num_frames, dim - 2))], 1).astype(np.float32)
         fmeta = {"extractor": "synthetic", "dim": dim, "fps": fps, "window": 1}
     elif features == "phonetic+spectral":
-        from avatar.preprocess.audio_features import extract_features
+        from avatar.features.extract import extract_features
 
         fname = "default"
         feats, fmeta = extract_features(sf.read(str(root / "audio.wav"), dtype="float32")[0], num_frames, fps)
@@ -161,7 +162,7 @@ def make_tiny_run(root: str | Path, iters: int = 20, num_frames: int = 24, size:
     `overrides`: extra dotted config overrides, e.g. {"model.audio_lookahead": 2} (values as text or typed).
 
     The run folder holds data/ (the synthetic dataset), config.yaml, checkpoints/, model.pt, metrics.json."""
-    from avatar.config import apply_overrides
+    from avatar.core.config import apply_overrides
     from avatar.train.presets import get_preset
     from avatar.train.trainer import fit
 

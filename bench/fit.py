@@ -34,8 +34,8 @@ def peak_rss_mb() -> float:
 
 def run_preset(preset: str, data_dir: Path, out: Path, minutes: float, every: float, device: str, eval_frames: int,
                overrides: dict[str, str]) -> dict:
-    from avatar.config import apply_overrides
-    from avatar.evaluation import evaluate_run
+    from avatar.core.config import apply_overrides
+    from avatar.evaluation.evaluate import evaluate_run
     from avatar.train.presets import get_preset
     from avatar.train.trainer import Trainer
 

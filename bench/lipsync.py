@@ -4,10 +4,10 @@
     python bench/lipsync.py runs/NAME --audio-dir clips/ --device cpu
 
 For each audio file this computes exactly what `avatar eval RUN --audio FILE --json` reports: the avatar
-speaks the file (`avatar.lipsync.render_sync`: default `SpeakConfig`, mouth opening from MediaPipe face
+speaks the file (`avatar.evaluation.lipsync.render_sync`: default `SpeakConfig`, mouth opening from MediaPipe face
 mesh on the rendered frames, or the model's lip Gaussians when face mesh cannot read the render,
 `mouth_measure`), then AV-offset (frames, > 0 = video late) and AV-corr against the audio envelope.
-The training clip's reference figures (`avatar.lipsync.clip_sync`: gt_av_offset_frames, gt_av_corr)
+The training clip's reference figures (`avatar.evaluation.lipsync.clip_sync`: gt_av_offset_frames, gt_av_corr)
 are computed once. Prints a table and ends with one JSON line: the reference, per-file figures, and their
 mean |offset| and mean corr (files whose corr is undefined, e.g. silence, are left out of the mean).
 """
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 AUDIO_EXTS = (".wav", ".mp3", ".flac", ".ogg", ".m4a", ".aac", ".opus")
-MAX_DURATION_S = 600.0  # the limit `avatar eval --audio` applies (avatar.lipsync.eval_audio)
+MAX_DURATION_S = 600.0  # the limit `avatar eval --audio` applies (avatar.evaluation.lipsync.eval_audio)
 
 
 def _num(x):
@@ -42,10 +42,10 @@ def audio_files(folder: Path) -> list[Path]:
 
 
 def run(run_dir: Path, folder: Path, device: str) -> dict:
-    from avatar.audio import probe_duration
+    from avatar.core.audio import probe_duration
     from avatar.errors import AvatarError
-    from avatar.lipsync import clip_sync, render_sync
-    from avatar.runtime import Avatar
+    from avatar.evaluation.lipsync import clip_sync, render_sync
+    from avatar.engine.runtime import Avatar
 
     files = audio_files(folder)
     if not run_dir.is_dir():

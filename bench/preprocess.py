@@ -108,7 +108,7 @@ def compare_masks(ref: Path, new: Path) -> dict:
     import cv2
     import numpy as np
 
-    from avatar.dataset import MASK_LABELS
+    from avatar.core.dataset_format import MASK_LABELS
 
     a_files, b_files = sorted((ref / "masks").glob("*.png")), sorted((new / "masks").glob("*.png"))
     if [f.name for f in a_files] != [f.name for f in b_files] or not a_files:

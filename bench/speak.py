@@ -29,13 +29,15 @@ from pathlib import Path
 
 import numpy as np
 
-SR = 16000
+from avatar.core.audio import SAMPLE_RATE
+
+SR = SAMPLE_RATE
 
 
 def _audio(path: str | None, seconds: float) -> tuple[Path, np.ndarray]:
     import soundfile as sf
 
-    from avatar.audio import load_audio
+    from avatar.core.audio import load_audio
 
     if path:
         wav = load_audio(path, sr=SR)[: int(seconds * SR)]
@@ -53,8 +55,8 @@ def _audio(path: str | None, seconds: float) -> tuple[Path, np.ndarray]:
 def bench_device(run: Path, device: str, audio: Path, wav: np.ndarray, batch: int) -> dict:
     import torch
 
-    from avatar.runtime import Avatar
-    from avatar.speak import SpeakConfig, Speaker
+    from avatar.engine.runtime import Avatar
+    from avatar.engine.speak import SpeakConfig, Speaker
 
     av = Avatar.load(run, device=device)
     cfg = SpeakConfig(batch=batch)

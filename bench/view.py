@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from avatar.core.audio import SAMPLE_RATE
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -28,11 +30,11 @@ def main() -> None:
     args = ap.parse_args()
 
     import soundfile as sf
-    from playwright.sync_api import sync_playwright
-
-    from avatar.runtime import Avatar
     from avatar.viewer.clips import ClipLibrary
     from avatar.viewer.server import AvatarViewer
+    from playwright.sync_api import sync_playwright
+
+    from avatar.engine.runtime import Avatar
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-view-"))
     run = args.run
@@ -42,7 +44,7 @@ def main() -> None:
         run = make_tiny_run(tmp / "run", iters=10)
     clips = tmp / "clips"
     clips.mkdir()
-    sr = 16000
+    sr = SAMPLE_RATE
     t = np.arange(int((args.seconds + 1) * sr)) / sr
     buf = io.BytesIO()
     sf.write(buf, (0.3 * np.sin(2 * np.pi * 200 * t)).astype(np.float32), sr, format="WAV")

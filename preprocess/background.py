@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from avatar.dataset import MASK_LABELS
+from avatar.core.dataset_format import MASK_LABELS
 from avatar.errors import AvatarError
 
 

@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from avatar.core.landmarks import EAR_POINTS  # p1..p6 per eye (subject's right, subject's left), §2c
 from avatar.errors import AvatarError
-
-# p1..p6 per eye (subject's right, subject's left), preprocess.md §2c
-EAR_POINTS = ((33, 160, 158, 133, 153, 144), (362, 385, 387, 263, 373, 380))
 
 
 def eye_aspect_ratio(lm: np.ndarray) -> np.ndarray:

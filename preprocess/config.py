@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 FeatureKind = Literal["phonetic+spectral", "wav2vec2", "hubert"]
-"""Audio feature extractors (see avatar.preprocess.audio_features)."""
+"""Audio feature extractors (see avatar.features.extract)."""
 
 
 @dataclasses.dataclass

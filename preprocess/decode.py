@@ -31,9 +31,8 @@ from typing import Iterator
 
 import numpy as np
 
+from avatar.core.audio import SAMPLE_RATE
 from avatar.errors import AvatarError
-
-AUDIO_SR = 16000
 
 
 @dataclasses.dataclass
@@ -75,7 +74,7 @@ class DecodeResult:
     video_start: float
     audio_start: float | None
     audio: np.ndarray | None
-    """[num_frames * 16000 / fps] float32 mono audio at 16 kHz starting at t0 (None without audio)."""
+    """[num_frames * SAMPLE_RATE / fps] float32 mono audio at 16 kHz starting at t0 (None without audio)."""
 
 
 def _open(path: Path):
@@ -151,7 +150,7 @@ def decode_audio(path: str | os.PathLike) -> tuple[np.ndarray, float]:
         aus = next((s for s in c.streams if s.type == "audio"), None)
         if aus is None:
             raise AvatarError(f"{path}: has no audio track (use --no-audio for a silent dataset, or mux audio in with ffmpeg)")
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=AUDIO_SR)
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
         try:
             for frame in c.decode(aus):
                 if start is None:
@@ -217,7 +216,7 @@ def decode_video(video: str | os.PathLike, frames_dir: Path, resolution: int = 5
     if with_audio and not info.has_audio:
         raise AvatarError(f"{video}: has no audio track (use --no-audio for a silent dataset, or mux audio in with ffmpeg)")
     wav, a_start = (decode_audio(video) if with_audio else (None, None))
-    a_end = a_start + len(wav) / AUDIO_SR if wav is not None else math.inf
+    a_end = a_start + len(wav) / SAMPLE_RATE if wav is not None else math.inf
     w, h = target_size(info.width, info.height, resolution)
     frames_dir.mkdir(parents=True, exist_ok=True)
 
@@ -288,8 +287,8 @@ def decode_video(video: str | os.PathLike, frames_dir: Path, resolution: int = 5
         raise AvatarError(f"{video}: video is truncated (decoded {last_v:.1f} s of {info.duration:.1f} s); re-download or re-encode the file")
     audio = None
     if wav is not None:
-        s0 = int(round((t0 - a_start) * AUDIO_SR))
-        n_samp = int(round(duration * AUDIO_SR))
+        s0 = int(round((t0 - a_start) * SAMPLE_RATE))
+        n_samp = int(round(duration * SAMPLE_RATE))
         audio = wav[s0:s0 + n_samp]
         if len(audio) < n_samp:  # at most a fraction of a frame short (loop above stops at a_end)
             audio = np.pad(audio, (0, n_samp - len(audio)))

@@ -16,11 +16,11 @@ from typing import Sequence
 
 import numpy as np
 
+from avatar.core.landmarks import NUM_LANDMARKS
 from avatar.errors import AvatarError
 
 log = logging.getLogger(__name__)
 
-NUM_LANDMARKS = 478
 
 
 class FaceMeshTracker:

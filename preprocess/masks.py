@@ -1,4 +1,4 @@
-"""Per-frame semantic label maps (avatar.dataset.MASK_LABELS) from a person matte + face-mesh polygons.
+"""Per-frame semantic label maps (avatar.core.dataset_format.MASK_LABELS) from a person matte + face-mesh polygons.
 
 No face-parsing network (BiSeNet's checkpoint is a drive link, preprocess.md §1): the person matte comes
 from MediaPipe SelfieSegmentation (model shipped in the mediapipe wheel) and the face regions from the
@@ -26,21 +26,14 @@ from typing import Literal
 
 import numpy as np
 
-from avatar.dataset import MASK_LABELS
+from avatar.core.dataset_format import MASK_LABELS
+from avatar.core.landmarks import (CHIN, FACE_OVAL, JAW, JAW_LEFT, JAW_RIGHT, LEFT_EYE, LIPS_INNER,
+                                    LIPS_OUTER, NOSE_BRIDGE, RIGHT_EYE)
 from avatar.errors import AvatarError
 
-# Landmark loops (preprocess.md §2b, MediaPipe face_mesh_connections).
-FACE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377, 152,
-             148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109)
-LIPS_INNER = (78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 415, 310, 311, 312, 13, 82, 81, 80, 191)
-LIPS_OUTER = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39, 40, 185)
-RIGHT_EYE = (33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246)
-LEFT_EYE = (263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387, 388, 466)
-# Lower face oval between the jaw corners: the head/body cut line (extended horizontally outwards
-# from the jaw corners, so hair and ears beside the cheeks stay head).
-CUT_LINE = (397, 365, 379, 378, 400, 377, 152, 148, 176, 149, 150, 136, 172)
-JAW_RIGHT, JAW_LEFT = 172, 397  # subject's right (image left) / left jaw corners
-CHIN, NOSE_BRIDGE = 152, 168
+# Landmark loops (preprocess.md §2b) come from avatar.core.landmarks. The lower face oval between the jaw
+# corners (JAW) is the head/body cut line (extended horizontally outwards from the jaw corners, so hair and ears beside the cheeks stay head).
+CUT_LINE = tuple(reversed(JAW))  # from the subject's left jaw corner (397) to the right (172)
 
 _SHIFT = 4  # cv2.fillPoly fractional bits: sub-pixel polygon rasterisation (1/16 px)
 

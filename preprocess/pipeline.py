@@ -9,7 +9,7 @@ summary (figures, timing). A stage is skipped when its marker exists with the sa
 and its outputs are present; otherwise it, and every stage after it, runs again. `force` names
 stages to redo (with everything after them). A stage's marker is deleted before it starts, and
 `dataset.json` is deleted before any stage runs and written last (atomically), so an interrupted or
-failed run never leaves a folder that looks complete (avatar/dataset.py).
+failed run never leaves a folder that looks complete (avatar/core/dataset_format.py).
 
 Every stage validates what it wrote (counts, shapes, finite values, ranges) and raises a one-line
 `AvatarError` naming the file and the fix when something is wrong.
@@ -30,10 +30,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from avatar.config import save_yaml, to_dict
-from avatar.dataset import DATASET_JSON, DATASET_VERSION, MASK_LABELS, CameraPose, DatasetInfo, load_dataset
+from avatar.core.config import save_yaml, to_dict
+from avatar.core.dataset_format import DATASET_JSON, DATASET_VERSION, MASK_LABELS, CameraPose, DatasetInfo, load_dataset
 from avatar.errors import AvatarError
-from avatar.io import save_npy_atomic, write_json_atomic
+from avatar.core.io import save_npy_atomic, write_json_atomic
 from avatar.preprocess.config import PreprocessConfig
 
 log = logging.getLogger("avatar.preprocess")
@@ -118,8 +118,9 @@ def stage_decode(ctx: StageContext) -> dict[str, Any]:
     """Frames at cfg.fps/resolution from timestamps, plus audio.wav aligned to frame 0."""
     import soundfile as sf
 
-    from avatar.io import atomic_path
-    from avatar.preprocess.decode import AUDIO_SR, decode_video, probe_video
+    from avatar.core.io import atomic_path
+    from avatar.core.audio import SAMPLE_RATE
+    from avatar.preprocess.decode import decode_video, probe_video
 
     cfg = ctx.cfg
     frames = ctx.out / "frames"
@@ -130,7 +131,7 @@ def stage_decode(ctx: StageContext) -> dict[str, Any]:
     wav_path = ctx.out / "audio.wav"
     if res.audio is not None:
         with atomic_path(wav_path) as tmp:
-            sf.write(str(tmp), res.audio, AUDIO_SR, subtype="PCM_16", format="WAV")
+            sf.write(str(tmp), res.audio, SAMPLE_RATE, subtype="PCM_16", format="WAV")
     elif wav_path.exists():
         wav_path.unlink()
     # check
@@ -143,7 +144,7 @@ def stage_decode(ctx: StageContext) -> dict[str, Any]:
         raise AvatarError(f"{files[-1]}: size {last.shape[1]}x{last.shape[0]} != {res.width}x{res.height}; re-run with --force decode")
     if res.audio is not None:
         info = sf.info(str(wav_path))
-        if info.samplerate != AUDIO_SR or info.channels != 1 or abs(info.frames / AUDIO_SR - n / cfg.fps) > 1.0 / cfg.fps:
+        if info.samplerate != SAMPLE_RATE or info.channels != 1 or abs(info.frames / SAMPLE_RATE - n / cfg.fps) > 1.0 / cfg.fps:
             raise AvatarError(f"{wav_path}: audio does not match the frames ({info.frames / info.samplerate:.3f} s vs "
                               f"{n / cfg.fps:.3f} s); re-run with --force decode")
     if probe.width * probe.height > res.width * res.height:
@@ -372,7 +373,7 @@ def stage_masks(ctx: StageContext) -> dict[str, Any]:
     import cv2
     from tqdm import tqdm
 
-    from avatar.io import atomic_path
+    from avatar.core.io import atomic_path
     from avatar.preprocess.background import BackgroundAccumulator
 
     d = ctx.summaries["decode"]
@@ -447,8 +448,9 @@ def stage_features(ctx: StageContext) -> dict[str, Any]:
     """features/NAME.npy + NAME.json for the default extractor (and an imported array)."""
     import soundfile as sf
 
-    from avatar.preprocess import audio_features as af
-    from avatar.preprocess.sync import av_offset, mouth_opening
+    from avatar.features import extract as af
+    from avatar.core.avsync import av_offset
+    from avatar.core.landmarks import mouth_opening
 
     cfg = ctx.cfg
     d = ctx.summaries["decode"]
@@ -535,7 +537,7 @@ def _load_marker(path: Path) -> dict[str, Any] | None:
 
 def run_preprocess(video: str | Path, out_dir: str | Path, cfg: PreprocessConfig | None = None,
                    force: Sequence[str] = (), progress: bool | None = None) -> DatasetInfo:
-    """Turn `video` into the dataset folder `out_dir` (layout: avatar/dataset.py) and return it loaded.
+    """Turn `video` into the dataset folder `out_dir` (layout: avatar/core/dataset_format.py) and return it loaded.
 
     Finished stages are reused; `force` lists stages to redo together with all later stages.
     `progress`: show progress bars and stage lines on stderr (default: when stderr is a terminal).

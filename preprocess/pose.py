@@ -1,6 +1,6 @@
 """Stage 3: rigid head pose per frame + one focal length, by bundle adjustment over the whole clip.
 
-Model (OpenCV camera, avatar/dataset.py): a landmark j of frame k projects to
+Model (OpenCV camera, avatar/core/dataset_format.py): a landmark j of frame k projects to
     u_kj = f * X / Z + cx,  v_kj = f * Y / Z + cy,  (X, Y, Z) = R_k S_j + t_k,
 with a person-specific canonical shape S [478, 3] in centimetres (head frame: x right, y down,
 z away from the camera, origin at the rigid points' centroid), per-frame rotation R_k (axis-angle)
@@ -36,7 +36,8 @@ import math
 
 import numpy as np
 
-from avatar.dataset import CameraPose
+from avatar.core.dataset_format import CameraPose
+from avatar.core.landmarks import HEAD_WIDTH_PAIR, IRIS_PAIRS
 
 # MediaPipe's Procrustes basis (geometry_pipeline_metadata_landmarks.pbtxt, preprocess.md §2e)
 # without the jaw points 136/365, plus the most stable cheek/nose points measured there.
@@ -46,8 +47,6 @@ RIGID_INDICES: tuple[int, ...] = tuple(sorted(set([
     345, 47, 100, 116, 114, 277, 101, 128, 352, 329, 245, 343, 31, 330, 168, 197, 195, 5,
 ])))
 IRIS_DIAMETER_CM = 1.17
-IRIS_PAIRS = ((469, 471), (474, 476))
-HEAD_WIDTH_PAIR = (234, 454)
 
 # Acceptance thresholds (recorded in dataset.json quality; exceeding one is a warning, pose.ok=false):
 # - reprojection: MediaPipe's per-landmark noise on a talking clip is ~0.7 px high-frequency std at

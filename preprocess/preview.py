@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from avatar.dataset import MASK_LABELS, CameraPose
+from avatar.core.audio import SAMPLE_RATE
+from avatar.core.dataset_format import MASK_LABELS, CameraPose
 
 # RGB tint per label (background untinted)
 LABEL_COLOURS: dict[str, tuple[int, int, int]] = {
@@ -24,7 +25,6 @@ def draw_overlay(rgb: np.ndarray, labels: np.ndarray | None, lm: np.ndarray | No
                  alpha: float = 0.35) -> np.ndarray:
     """RGB uint8 [H, W, 3] with masks, landmarks [478, 2] and frame k's pose axes drawn on it."""
     import cv2
-
     from avatar.preprocess.pose import project_points
 
     out = rgb.astype(np.float32)
@@ -65,8 +65,8 @@ def write_preview(out: Path, num_frames: int, fps: float, seconds: float = 6.0, 
     import cv2
     from tqdm import tqdm
 
-    from avatar.io import atomic_path
-    from avatar.video_writer import VideoWriter
+    from avatar.core.io import atomic_path
+    from avatar.core.video_writer import VideoWriter
 
     lm = np.load(out / "landmarks.npy", mmap_mode="r")
     cam = CameraPose.load(out / "pose.npz")
@@ -97,7 +97,7 @@ def write_preview(out: Path, num_frames: int, fps: float, seconds: float = 6.0, 
 
         wav, sr = sf.read(str(out / "audio.wav"), dtype="float32")
         wav = wav[:int(round(n / fps * sr))]
-    with VideoWriter(pdir / "overlay.mp4", w, h, fps, audio_rate=16000 if wav is not None else None, num_frames=n) as vw:
+    with VideoWriter(pdir / "overlay.mp4", w, h, fps, audio_rate=SAMPLE_RATE if wav is not None else None, num_frames=n) as vw:
         if wav is not None:
             vw.write_audio(wav)
         for k in tqdm(range(n), desc="preview", unit="frame", disable=not progress, leave=False):

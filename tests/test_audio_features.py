@@ -1,4 +1,4 @@
-"""Audio features (preprocess/audio_features.py): alignment, robustness, chunking, SSL loading, import."""
+"""Audio features (avatar/features/extract.py): alignment, robustness, chunking, SSL loading, import."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from avatar.errors import AvatarError
-from avatar.preprocess import audio_features as af
+from avatar.features import extract as af
 
 SR = af.SAMPLE_RATE
 SPEECH = ["ip_lap_audio2.wav", "dreamtalk_french1.wav", "sadtalker_japanese.wav", "sadtalker_chinese_news.wav",

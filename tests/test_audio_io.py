@@ -1,4 +1,4 @@
-"""avatar.audio: every common format, bit depth, rate and channel count decodes to the exact length.
+"""avatar.core.audio: every common format, bit depth, rate and channel count decodes to the exact length.
 
 Synthetic files are written here with soundfile (PCM/float wav, flac, ogg) and PyAV (mp3, m4a, a video
 with an AAC track), so the test knows the true sample count; real files in ../shared/data/audio are
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from avatar.audio import iter_audio, load_audio, probe_audio, probe_duration, rms_envelope
+from avatar.core.audio import iter_audio, load_audio, probe_audio, probe_duration, rms_envelope
 from avatar.errors import AvatarError
 
 SR = 16000

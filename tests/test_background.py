@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from avatar.dataset import MASK_LABELS
+from avatar.core.dataset_format import MASK_LABELS
 from avatar.errors import AvatarError
 from avatar.preprocess.background import BackgroundAccumulator, _masked_median
 

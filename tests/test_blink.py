@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from avatar.preprocess.blink import EAR_POINTS, blink_signal, eye_aspect_ratio
+from avatar.core.landmarks import EAR_POINTS
+from avatar.preprocess.blink import blink_signal, eye_aspect_ratio
 
 
 def eyes_track(openness: np.ndarray, scale: float = 1.0) -> np.ndarray:

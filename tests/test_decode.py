@@ -8,7 +8,8 @@ import pytest
 import soundfile as sf
 
 from avatar.errors import AvatarError
-from avatar.preprocess.decode import AUDIO_SR, decode_video, probe_video, target_size
+from avatar.core.audio import SAMPLE_RATE
+from avatar.preprocess.decode import decode_video, probe_video, target_size
 from conftest import probe_times, read_frame_code, write_synthetic_video
 
 
@@ -52,8 +53,8 @@ def test_resample_nearest_pts_and_audio_sync(tmp_path, src_fps):
     assert res.t0 == pytest.approx(t0, abs=1e-6)
     np.testing.assert_array_equal(_codes(tmp_path / "frames", res.num_frames), _expected_codes(vt, t0, res.num_frames))
     # audio: exactly num_frames / 25 s, beep at (1.5 - t0) s
-    assert len(res.audio) == round(res.num_frames / 25 * AUDIO_SR)
-    onset = _beep_onset(res.audio) / AUDIO_SR
+    assert len(res.audio) == round(res.num_frames / 25 * SAMPLE_RATE)
+    onset = _beep_onset(res.audio) / SAMPLE_RATE
     assert onset == pytest.approx(1.5 - t0, abs=0.003)
     # frames never outrun the audio or the video
     assert res.num_frames / 25 <= vt[-1] + 1 / src_fps - t0 + 1e-6
@@ -69,7 +70,7 @@ def test_audio_starts_late_drops_leading_video(tmp_path):
     codes = _codes(tmp_path / "frames", res.num_frames)
     np.testing.assert_array_equal(codes, _expected_codes(vt, a0, res.num_frames))
     assert codes[0] >= 10  # the first ~0.5 s of video has no audio and is dropped
-    assert _beep_onset(res.audio) / AUDIO_SR == pytest.approx(2.0 - a0, abs=0.003)
+    assert _beep_onset(res.audio) / SAMPLE_RATE == pytest.approx(2.0 - a0, abs=0.003)
 
 
 def test_variable_frame_rate(tmp_path):

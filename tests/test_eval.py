@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from avatar.errors import AvatarError
-from avatar.runtime import Avatar
+from avatar.engine.runtime import Avatar
 from avatar.testing import make_tiny_run
 from avatar.train.losses import psnr, ssim, ssim_map
 
@@ -116,16 +116,16 @@ def test_eval_audio_hook(tiny_run, capsys, monkeypatch):
 
     from avatar.cli import main
 
-    monkeypatch.setitem(sys.modules, "avatar.lipsync", None)  # not installed -> one-line error
+    monkeypatch.setitem(sys.modules, "avatar.evaluation.lipsync", None)  # not installed -> one-line error
     assert main(["eval", str(tiny_run), "--audio", "x.wav"]) == 2
     assert "not available yet" in capsys.readouterr().err
     seen = {}
-    fake = types.ModuleType("avatar.lipsync")
+    fake = types.ModuleType("avatar.evaluation.lipsync")
     fake.eval_audio = lambda run_dir, audio: seen.update(run=str(run_dir), audio=str(audio)) or {"sync_score": 1.5}
-    monkeypatch.setitem(sys.modules, "avatar.lipsync", fake)
+    monkeypatch.setitem(sys.modules, "avatar.evaluation.lipsync", fake)
     import avatar
 
-    # `import avatar.lipsync as m` reads the package attribute first: set when an earlier test imported the real one
+    # `import avatar.evaluation.lipsync as m` reads the package attribute first: set when an earlier test imported the real one
     monkeypatch.setattr(avatar, "lipsync", fake, raising=False)
     assert main(["eval", str(tiny_run), "--audio", "x.wav", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {"sync_score": 1.5}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from avatar.config import apply_overrides, load_yaml, to_dict
+from avatar.core.config import apply_overrides, load_yaml, to_dict
 from avatar.errors import AvatarError
 from avatar.testing import make_tiny_dataset
 from avatar.train import trainer as trainer_mod

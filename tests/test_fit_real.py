@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from avatar.config import apply_overrides
+from avatar.core.config import apply_overrides
 from avatar.train.presets import get_preset
 from avatar.train.trainer import Trainer, landmark_motion_loss
 

@@ -12,10 +12,10 @@ from typing import Literal
 import numpy as np
 import pytest
 
-from avatar.config import apply_overrides, field_docs, load_yaml, save_yaml, to_dict
-from avatar.dataset import CameraPose, FrameCache, load_dataset
+from avatar.core.config import apply_overrides, field_docs, load_yaml, save_yaml, to_dict
+from avatar.core.dataset_format import CameraPose, FrameCache, load_dataset
 from avatar.errors import AvatarError
-from avatar.io import atomic_path, write_json_atomic
+from avatar.core.io import atomic_path, write_json_atomic
 
 
 @dataclasses.dataclass
@@ -139,7 +139,7 @@ def test_console_mutes_native_stderr_but_not_python(tmp_path):
     import subprocess
     import sys
 
-    code = ("import os, sys; from avatar.logs import mute_native_stderr; mute_native_stderr(); "
+    code = ("import os, sys; from avatar.core.logs import mute_native_stderr; mute_native_stderr(); "
             "os.write(2, b'native-line\\n'); print('python-line', file=sys.stderr)")
     env = {k: v for k, v in os.environ.items() if k != "AVATAR_VERBOSE"}
     quiet = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)

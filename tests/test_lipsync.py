@@ -1,4 +1,4 @@
-"""avatar.lipsync: AV-offset / AV-corr on rendered audio and on the training clip (tiny avatar)."""
+"""avatar.evaluation.lipsync: AV-offset / AV-corr on rendered audio and on the training clip (tiny avatar)."""
 
 from __future__ import annotations
 
@@ -18,10 +18,11 @@ def tiny_run(tmp_path_factory):
 def test_eval_audio_keys_and_reference(tiny_run, tmp_path):
     import soundfile as sf
 
-    from avatar.dataset import load_dataset
-    from avatar.lipsync import eval_audio
-    from avatar.preprocess.sync import av_offset, mouth_opening
-    from avatar.speak import SpeakConfig
+    from avatar.core.dataset_format import load_dataset
+    from avatar.evaluation.lipsync import eval_audio
+    from avatar.core.avsync import av_offset
+    from avatar.core.landmarks import mouth_opening
+    from avatar.engine.speak import SpeakConfig
 
     sf.write(str(tmp_path / "a.wav"), talking_wav(2.0), SR)
     r = eval_audio(tiny_run, tmp_path / "a.wav", device="cpu", speak_config=SpeakConfig(vad="energy"))
@@ -30,7 +31,7 @@ def test_eval_audio_keys_and_reference(tiny_run, tmp_path):
     assert r["frames"] == 50 and r["mouth_measure"] in ("facemesh", "gaussians")
     assert -8 <= r["av_offset_frames"] <= 8 and (math.isnan(r["av_corr"]) or -1 <= r["av_corr"] <= 1)
     # the reference figures are exactly av_offset on the training clip's own landmarks and audio
-    from avatar.audio import load_audio
+    from avatar.core.audio import load_audio
 
     info = load_dataset(tiny_run / "data")
     lag, corr = av_offset(mouth_opening(np.asarray(info.landmarks())), load_audio(info.path("audio.wav")), SR, info.fps)
@@ -39,7 +40,7 @@ def test_eval_audio_keys_and_reference(tiny_run, tmp_path):
 
 def test_av_offset_recovers_a_known_shift():
     """The measure used by eval_audio finds a 3-frame video delay on a synthetic mouth track."""
-    from avatar.preprocess.sync import av_offset
+    from avatar.core.avsync import av_offset
 
     rng = np.random.default_rng(0)
     n, fps = 250, 25.0
@@ -52,8 +53,8 @@ def test_av_offset_recovers_a_known_shift():
 
 
 def test_gaussian_mouth_opening_shape(tiny_run):
-    from avatar.lipsync import gaussian_mouth_opening
-    from avatar.runtime import Avatar
+    from avatar.evaluation.lipsync import gaussian_mouth_opening
+    from avatar.engine.runtime import Avatar
 
     av = Avatar.load(tiny_run, device="cpu")
     feats = np.zeros((7, av.feature_dim), np.float32)
@@ -70,7 +71,7 @@ def test_bench_lipsync_over_a_folder(tiny_run, tmp_path, capsys):
 
     import soundfile as sf
 
-    from avatar.lipsync import eval_audio
+    from avatar.evaluation.lipsync import eval_audio
 
     spec = importlib.util.spec_from_file_location("bench_lipsync", Path(__file__).resolve().parents[1] / "bench" / "lipsync.py")
     bench = importlib.util.module_from_spec(spec)

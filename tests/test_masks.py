@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from avatar.dataset import MASK_LABELS, PERSON_LABELS
+from avatar.core.dataset_format import MASK_LABELS, PERSON_LABELS
 from avatar.preprocess import masks as mk
 
 H = W = 256

@@ -103,7 +103,7 @@ def test_feature_windows_with_lookahead():
 
 
 def test_model_lookahead_from_config_and_old_configs():
-    from avatar.config import from_dict, to_dict
+    from avatar.core.config import from_dict, to_dict
     from avatar.model.config import ModelConfig
 
     assert ModelConfig().audio_lookahead == -1

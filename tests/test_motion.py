@@ -1,4 +1,4 @@
-"""avatar.motion: seamless replay loop, static/audio-driven poses, camera paths, blinks, silence gate."""
+"""avatar.engine.motion: seamless replay loop, static/audio-driven poses, camera paths, blinks, silence gate."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from avatar.errors import AvatarError
-from avatar.motion import (AudioPoseModel, BlinkModel, FileBlink, ReplayPose, SpeechGate, StaticPose, apply_head_offset,
+from avatar.engine.motion import (AudioPoseModel, BlinkModel, FileBlink, ReplayPose, SpeechGate, StaticPose, apply_head_offset,
                            close_mouth, euler_camera, load_camera_path, orbit_path, pose_step_sizes, pose_vectors,
                            silent_rows)
 
@@ -117,7 +117,7 @@ def test_audio_pose_follows_speech_rhythm():
         amp = 0.004 if talk[k] else 0.0008
         x[k] = 1.6 * x[k - 1] - 0.64 * x[k - 2] + amp * rng.normal(size=6)
     mean_R, mean_t = np.eye(3), np.array([0, 0, 5.0])
-    from avatar.motion import pose_from_vector
+    from avatar.engine.motion import pose_from_vector
 
     v = pose_from_vector(x, mean_R, mean_t)
     model = AudioPoseModel.fit(v, FPS, level_db=level)

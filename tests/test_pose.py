@@ -111,8 +111,8 @@ def test_temporal_prior_reduces_jitter():
 
 
 def test_rigid_set_excludes_mouth_and_eyes():
-    from avatar.preprocess.blink import EAR_POINTS
-    from avatar.preprocess.sync import INNER_LIP_PAIR
+    from avatar.core.landmarks import EAR_POINTS
+    from avatar.core.landmarks import INNER_LIP_PAIR
 
     nonrigid = set(INNER_LIP_PAIR) | {61, 291, 152, 136, 365} | {p for eye in EAR_POINTS for p in eye[1:3] + eye[4:6]}
     assert not nonrigid & set(RIGID_INDICES)

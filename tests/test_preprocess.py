@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 
 from avatar.cli import main as cli_main
-from avatar.dataset import MASK_LABELS, load_dataset
+from avatar.core.dataset_format import MASK_LABELS, load_dataset
 from avatar.errors import AvatarError
 from avatar.preprocess.config import PreprocessConfig
 from avatar.preprocess.pipeline import MARKER_DIR, STAGES, run_preprocess, split_ranges
@@ -172,7 +172,7 @@ def test_may_end_to_end(may_dataset):
 def test_may_masks(may_dataset):
     import cv2
 
-    from avatar.dataset import FrameCache
+    from avatar.core.dataset_format import FrameCache
 
     _, info = may_dataset
     lm = info.landmarks()
@@ -310,7 +310,8 @@ def test_face_lost_for_long_stretch(tmp_path, capsys, shared_data):
 def test_macron_resampled_and_in_sync(macron_dataset):
     """30 -> 25 fps from timestamps; audio length == frames / 25; the 80 ms video start offset does not
     become a lip-sync error (mouth opening vs 1-3 kHz envelope peaks at lag 0 ± 1 frame)."""
-    from avatar.preprocess.sync import av_offset, mouth_opening
+    from avatar.core.avsync import av_offset
+    from avatar.core.landmarks import mouth_opening
 
     video, info = macron_dataset
     raw = info.raw
@@ -338,7 +339,8 @@ def test_macron_raw_frame_index_is_two_frames_early(macron_dataset):
 
     from avatar.preprocess.decode import decode_audio
     from avatar.preprocess.landmarks import FaceMeshTracker
-    from avatar.preprocess.sync import av_offset, mouth_opening
+    from avatar.core.avsync import av_offset
+    from avatar.core.landmarks import mouth_opening
 
     video, info = macron_dataset
     seconds = 20.0  # the first 20 s are enough for a stable peak (checked: 10 s to 50 s all give -2)

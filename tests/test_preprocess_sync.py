@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from avatar.preprocess.sync import av_offset, band_envelope, mouth_opening
+from avatar.core.avsync import av_offset, band_envelope
+
+from avatar.core.landmarks import mouth_opening
 
 
 def synthetic_pair(lag: int, n: int = 400, fps: float = 25.0, sr: int = 16000, seed: int = 0):

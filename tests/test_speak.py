@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from avatar.cli import main
-from avatar.video_writer import probe_video
+from avatar.core.video_writer import probe_video
 from test_audio_io import write_av
 from test_speak_support import SR, get_tiny_run, talking_wav, voice_like
 
@@ -22,7 +22,7 @@ def tiny_run(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def avatar(tiny_run):
-    from avatar.runtime import Avatar
+    from avatar.engine.runtime import Avatar
 
     return Avatar.load(tiny_run, device="cpu")
 
@@ -70,14 +70,14 @@ KINDS = ["wav-16-16000-1", "wav-8-8000-1", "wav-24-48000-2", "wav-32-44100-2", "
 
 @pytest.fixture(scope="session")
 def speaker(avatar):
-    from avatar.speak import SpeakConfig, Speaker
+    from avatar.engine.speak import SpeakConfig, Speaker
 
     return Speaker(avatar, SpeakConfig(vad="energy"))
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_format_frame_exact_with_audio(tiny_run, speaker, tmp_path, kind):
-    from avatar.audio import probe_duration
+    from avatar.core.audio import probe_duration
 
     src, _ = _make_input(tmp_path, kind)
     out = tmp_path / "out.mp4"
@@ -95,7 +95,7 @@ def test_every_format_frame_exact_with_audio(tiny_run, speaker, tmp_path, kind):
 
 @pytest.mark.slow
 def test_real_audio_files_frame_exact(tiny_run, tmp_path, shared_data):
-    from avatar.audio import probe_duration
+    from avatar.core.audio import probe_duration
 
     names = ["dreamtalk_spanish1.wav", "sadtalker_imagine.wav", "sadtalker_itosinger1.wav"]  # 16k mono, 48k/24-bit stereo, 24k
     for name in names:
@@ -117,9 +117,9 @@ def test_real_audio_files_frame_exact(tiny_run, tmp_path, shared_data):
 def test_silence_closes_the_mouth(avatar):
     """Non-speech frames are driven by the training clip's silent closed-mouth row; the model's lip
     gap there is no wider than on the training clip's most-closed frames."""
-    from avatar.dataset import load_dataset
-    from avatar.lipsync import gaussian_mouth_opening
-    from avatar.speak import SpeakConfig, Speaker
+    from avatar.core.dataset_format import load_dataset
+    from avatar.evaluation.lipsync import gaussian_mouth_opening
+    from avatar.engine.speak import SpeakConfig, Speaker
 
     wav = talking_wav(3.0, silence=(1.0, 2.0))
     sp = Speaker(avatar, SpeakConfig(vad="energy", blink="off"))
@@ -132,7 +132,7 @@ def test_silence_closes_the_mouth(avatar):
     assert speech[quiet].max() == 0.0 and speech[(k / 25.0 < 0.8)].min() == 1.0
     np.testing.assert_allclose(feats[quiet], np.repeat(sp.stats.silent_row[None], quiet.sum(), 0), atol=1e-6)
     gap = gaussian_mouth_opening(avatar, avatar.feature_windows(feats), np.asarray(rec["blink"]))
-    info = load_dataset(avatar.dataset["root"])
+    info = load_dataset(avatar.core.dataset_format["root"])
     tr = np.asarray(info.feature(avatar.feature_meta["name"]), np.float32)
     gap_train = gaussian_mouth_opening(avatar, avatar.feature_windows(tr), np.zeros(len(tr)))
     assert gap[quiet].max() <= np.quantile(gap_train, 0.25) + 1e-4
@@ -150,7 +150,7 @@ def test_silence_only_audio_renders_closed_mouth(tiny_run, tmp_path, capsys):
 
 
 def test_orbit_changes_image_but_keeps_face_in_frame(avatar):
-    from avatar.speak import SpeakConfig, Speaker
+    from avatar.engine.speak import SpeakConfig, Speaker
 
     wav = talking_wav(1.6)
     base = [f.rgb for f in Speaker(avatar, SpeakConfig(pose="static", blink="off", vad="off", background="transparent")).frames(wav)]
@@ -175,7 +175,7 @@ def test_orbit_changes_image_but_keeps_face_in_frame(avatar):
 def test_orbit_turns_the_torso_with_the_head(avatar):
     """With a free-view camera the torso is seen from the new viewpoint too (no 2D torso layer): its
     alpha changes along the orbit, and stays identical frame to frame without one (static pose)."""
-    from avatar.speak import SpeakConfig, Speaker
+    from avatar.engine.speak import SpeakConfig, Speaker
 
     wav = talking_wav(1.6)
     kw = dict(pose="static", blink="off", vad="off", background="transparent")
@@ -233,8 +233,8 @@ def test_plate_reprojection_is_the_plane_homography(avatar):
     with no source take the edge pixel; an identity camera leaves the plate unchanged."""
     import torch
 
-    from avatar.motion import about_pivot, euler_camera
-    from avatar.runtime import PLATE_DEPTH_FACTOR, plate_homographies, reproject_plate
+    from avatar.engine.motion import about_pivot, euler_camera
+    from avatar.engine.runtime import PLATE_DEPTH_FACTOR, plate_homographies, reproject_plate
 
     K = avatar.K.double()
     D = avatar.plate_depth
@@ -286,7 +286,7 @@ def test_plate_reprojection_is_the_plane_homography(avatar):
 
 
 def test_identity_camera_path_equals_no_camera(avatar, tmp_path):
-    from avatar.speak import SpeakConfig, Speaker
+    from avatar.engine.speak import SpeakConfig, Speaker
 
     wav = talking_wav(0.6)
     (tmp_path / "cam.json").write_text(json.dumps([np.eye(4).tolist()]))
@@ -296,7 +296,7 @@ def test_identity_camera_path_equals_no_camera(avatar, tmp_path):
 
 
 def test_streaming_equals_offline(avatar):
-    from avatar.speak import SpeakConfig, Speaker
+    from avatar.engine.speak import SpeakConfig, Speaker
 
     wav = talking_wav(2.2, silence=(0.9, 1.3))
     cfg = SpeakConfig(vad="energy", pose="audio", orbit=20)
@@ -326,7 +326,7 @@ def test_streaming_equals_offline(avatar):
 @pytest.fixture(scope="session")
 def lookahead_avatar(tmp_path_factory):
     """A tiny run trained with a causal window: 9 rows (audio_window 5 + att_window 5 - 1), look-ahead 2."""
-    from avatar.runtime import Avatar
+    from avatar.engine.runtime import Avatar
     from avatar.testing import make_tiny_run
 
     root = make_tiny_run(tmp_path_factory.mktemp("lookahead") / "run",
@@ -337,7 +337,7 @@ def lookahead_avatar(tmp_path_factory):
 def test_streaming_with_trained_lookahead(lookahead_avatar):
     import copy
 
-    from avatar.speak import SpeakConfig, Speaker, _Engine
+    from avatar.engine.speak import SpeakConfig, Speaker, _Engine
 
     av = lookahead_avatar
     assert (av.feature_window, av.feature_past, av.feature_future) == (9, 6, 2)
@@ -391,8 +391,8 @@ def test_stream_cli_writes_raw_frames(tiny_run, tmp_path):
     assert speak(tiny_run, "--audio", src, "--stream", "--no-realtime", "-o", out, "--device", "cpu", "--vad", "energy") == 0
     raw = np.frombuffer(out.read_bytes(), np.uint8)
     assert raw.size == 25 * 64 * 64 * 3
-    from avatar.runtime import Avatar
-    from avatar.speak import SpeakConfig, Speaker
+    from avatar.engine.runtime import Avatar
+    from avatar.engine.speak import SpeakConfig, Speaker
 
     ref = [f.rgb for f in Speaker(Avatar.load(tiny_run, device="cpu"), SpeakConfig(vad="energy")).stream_offline_equivalent(talking_wav(1.0))]
     assert np.abs(raw.reshape(25, 64, 64, 3).astype(int) - np.stack(ref).astype(int)).max() <= 1
@@ -401,7 +401,7 @@ def test_stream_cli_writes_raw_frames(tiny_run, tmp_path):
 def test_backgrounds(avatar, tmp_path):
     import cv2
 
-    from avatar.speak import SpeakConfig, Speaker
+    from avatar.engine.speak import SpeakConfig, Speaker
 
     wav = talking_wav(0.4)
     green = [f.rgb for f in Speaker(avatar, SpeakConfig(background="green", vad="off")).frames(wav)][0]
@@ -451,7 +451,7 @@ def test_motion_export_round_trip(tiny_run, tmp_path):
 
 
 def test_head_offsets_and_lip_scale_change_the_image(avatar):
-    from avatar.speak import SpeakConfig, Speaker
+    from avatar.engine.speak import SpeakConfig, Speaker
 
     wav = talking_wav(0.4)
 
@@ -512,7 +512,7 @@ def test_help_documents_every_control(capsys):
 
 def test_silero_keeps_voice_open(avatar):
     """silero-vad marks a voiced stretch as speech and the following silence as non-speech."""
-    from avatar.speak import SpeakConfig, Speaker
+    from avatar.engine.speak import SpeakConfig, Speaker
 
     wav = np.concatenate([voice_like(1.5), np.zeros(SR, np.float32)])
     sp = Speaker(avatar, SpeakConfig(vad="silero"))
@@ -547,7 +547,7 @@ class _StubAvatar:
 
 def test_engine_memory_is_bounded_on_long_audio():
     """Ten minutes of audio streamed through the engine: audio buffer and feature rows stay O(window)."""
-    from avatar.speak import SpeakConfig, Speaker
+    from avatar.engine.speak import SpeakConfig, Speaker
 
     sp = Speaker(_StubAvatar(), SpeakConfig(vad="energy", pose="audio"))
     block = talking_wav(10.0, silence=(6.0, 8.0))
@@ -582,7 +582,7 @@ def test_stream_from_stdin(tiny_run, tmp_path):
 
 
 def test_output_fps_option(avatar):
-    from avatar.speak import SpeakConfig, Speaker
+    from avatar.engine.speak import SpeakConfig, Speaker
 
     frames = list(Speaker(avatar, SpeakConfig(fps=30.0, vad="off")).frames(talking_wav(1.0)))
     assert len(frames) == 30 and frames[-1].time_s == pytest.approx(29 / 30)
@@ -591,8 +591,8 @@ def test_output_fps_option(avatar):
 def test_real_extractor_through_the_engine():
     """The default extractor (phonetic+spectral, what real runs use) runs per segment inside the engine:
     rows match a direct extraction on the same segment, and streaming equals the offline reference."""
-    from avatar.preprocess.audio_features import extract_features
-    from avatar.speak import SpeakConfig, Speaker
+    from avatar.features.extract import extract_features
+    from avatar.engine.speak import SpeakConfig, Speaker
 
     wav = np.concatenate([voice_like(1.2), np.zeros(SR // 2, np.float32), voice_like(0.8)])
     dim = extract_features(wav[:SR], 25, 25.0)[0].shape[1]
@@ -617,9 +617,9 @@ def test_real_extractor_through_the_engine():
 def test_streaming_builds_the_phone_decoder_once(monkeypatch):
     """Streaming decodes one short utterance per segment; the pocketsphinx decoder (0.1-0.4 s to build)
     must be built at most once per thread, not per segment (that made streaming slower than real time)."""
-    from avatar.preprocess import audio_features as af
-    from avatar.preprocess.audio_features import extract_features
-    from avatar.speak import SpeakConfig, Speaker
+    from avatar.features import extract as af
+    from avatar.features.extract import extract_features
+    from avatar.engine.speak import SpeakConfig, Speaker
 
     built, decoded = [], []
     new, decode = af._new_phone_decoder, af._decode_phones
@@ -644,10 +644,10 @@ def test_silence_uses_a_real_closed_mouth_training_window(tiny_run):
     among the quiet frames, with the smallest inner-lip gap the model predicts of all of them."""
     import torch
 
-    from avatar.dataset import load_dataset
-    from avatar.model.geometry import LOWER_INNER_LIP, UPPER_INNER_LIP
-    from avatar.runtime import Avatar
-    from avatar.speak import training_stats
+    from avatar.core.dataset_format import load_dataset
+    from avatar.core.landmarks import LOWER_INNER_LIP, UPPER_INNER_LIP
+    from avatar.engine.runtime import Avatar
+    from avatar.engine.speak import training_stats
 
     av = Avatar.load(tiny_run, device="cpu")
     st = training_stats(av)

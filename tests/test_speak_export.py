@@ -17,7 +17,7 @@ def tiny_run(tmp_path_factory):
 def test_export_ply_and_motion(tiny_run, tmp_path, capsys):
     from plyfile import PlyData
 
-    from avatar.runtime import Avatar
+    from avatar.engine.runtime import Avatar
 
     ply, motion = tmp_path / "a.ply", tmp_path / "m.npz"
     assert main(["export", str(tiny_run), "--ply", str(ply), "--motion", str(motion)]) == 0

@@ -1,4 +1,4 @@
-"""avatar.video_writer: frame-exact H.264 + AAC mp4, atomic publish, RGBA PNG sequences."""
+"""avatar.core.video_writer: frame-exact H.264 + AAC mp4, atomic publish, RGBA PNG sequences."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from avatar.errors import AvatarError
-from avatar.video_writer import PngSequenceWriter, VideoWriter, probe_video
+from avatar.core.video_writer import PngSequenceWriter, VideoWriter, probe_video
 
 
 def frames(n: int, h: int = 48, w: int = 64) -> np.ndarray:
@@ -79,7 +79,7 @@ def test_killed_process_leaves_no_final_file(tmp_path):
     out = tmp_path / "killed.mp4"
     code = textwrap.dedent(f"""
         import os, signal, numpy as np
-        from avatar.video_writer import VideoWriter
+        from avatar.core.video_writer import VideoWriter
         w = VideoWriter({str(out)!r}, 64, 48, 25.0, audio_rate=16000)
         w.write(np.zeros((20, 48, 64, 3), np.uint8))
         w.write_audio(np.zeros(16000, np.float32))

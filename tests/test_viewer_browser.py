@@ -108,7 +108,7 @@ class _Page:
 
 
 def test_viewer_in_browser(tiny_run, browser, tmp_path):
-    from avatar.runtime import Avatar
+    from avatar.engine.runtime import Avatar
     from avatar.viewer.camera import viewmat_from_viser
     from avatar.viewer.clips import ClipLibrary
     from avatar.viewer.server import AvatarViewer

@@ -1,7 +1,7 @@
 """Camera conversions between viser's browser camera and the avatar's head-frame view matrices.
 
 The viewer's 3D world IS the avatar's canonical head frame (the frame `pose.npz` maps into the
-camera, see avatar/dataset.py). viser reports each browser's camera as a camera-to-world pose in
+camera, see avatar/core/dataset_format.py). viser reports each browser's camera as a camera-to-world pose in
 the OpenCV convention (x right, y down, z forward; viser/_viser.py `CameraHandle.wxyz`: "the R in
 P_world = [R | t] p_camera"), plus a vertical field of view. The avatar renders from a
 world(head)-to-camera `viewmat` (also OpenCV) and pinhole intrinsics `K`, so:

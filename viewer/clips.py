@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
+from avatar.core.audio import SAMPLE_RATE
 from avatar.errors import AvatarError
 
 AUDIO_EXTENSIONS: tuple[str, ...] = (".wav", ".mp3", ".flac", ".ogg", ".opus", ".m4a", ".aac", ".webm")
 """Extensions accepted from `--audio-dir` and uploads (the content must still decode as audio)."""
-SAMPLE_RATE = 16000
 """Rate of the decoded clip (the audio features' rate; also what the browser plays)."""
 MAX_CLIP_SECONDS = 300.0
 """Longest clip accepted: its features and browser copy are held in memory."""
@@ -89,7 +89,7 @@ def check_upload(name: str, size: int, max_bytes: int) -> str:
 
 def decode_clip(path: Path, label: str, max_seconds: float = MAX_CLIP_SECONDS) -> Clip:
     """Decode `path` to 16 kHz mono (any format FFmpeg reads); AvatarError when it is not audio."""
-    from avatar.audio import load_audio
+    from avatar.core.audio import load_audio
 
     wav = load_audio(path, SAMPLE_RATE, max_duration=max_seconds)
     if wav.shape[0] < SAMPLE_RATE // 10:

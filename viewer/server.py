@@ -34,8 +34,6 @@ import time
 from typing import Any
 
 import numpy as np
-
-from avatar.errors import AvatarError
 from avatar.viewer.camera import (
     HomeCamera,
     head_offset_matrix,
@@ -46,6 +44,9 @@ from avatar.viewer.camera import (
 )
 from avatar.viewer.clips import Clip, ClipLibrary, format_bytes
 from avatar.viewer.clips import _safe_display_name as _display
+
+from avatar.core.audio import SAMPLE_RATE
+from avatar.errors import AvatarError
 
 TARGET_FPS_PLAYING = 12.0
 """Frame rate the adaptive resolution aims for while audio plays (CPU)."""
@@ -117,7 +118,7 @@ class _ClientState:
 class AvatarViewer:
     """The viewer: a viser server, its GUI, and the render thread.
 
-    `avatar` follows the `avatar.runtime.Avatar` API (render, feature_windows, K, width, height,
+    `avatar` follows the `avatar.engine.runtime.Avatar` API (render, feature_windows, K, width, height,
     fps, feature_meta, train_viewmats, train_blink, background, feature_window).
     """
 
@@ -256,7 +257,7 @@ class AvatarViewer:
     def _silence_window(self):
         """[1, W, D] feature window shown when nothing plays: the closed-mouth face.
 
-        Preferred: the training clip's silent closed-mouth row (`avatar.speak.training_stats`, the
+        Preferred: the training clip's silent closed-mouth row (`avatar.engine.speak.training_stats`, the
         row `avatar speak` uses for pauses); else the extractor's features of digital silence;
         else zeros.
         """
@@ -269,7 +270,7 @@ class AvatarViewer:
         except AvatarError:
             fn = None
         try:
-            from avatar.speak import training_stats
+            from avatar.engine.speak import training_stats
 
             row = training_stats(self.avatar, fn).silent_row  # [D] or None
             if row is not None:
@@ -279,7 +280,7 @@ class AvatarViewer:
         if fn is not None:
             try:
                 n = int(2 * fps)
-                feats = fn(np.zeros(16000 * 2, np.float32), n, fps)  # [N, D]
+                feats = fn(np.zeros(SAMPLE_RATE * 2, np.float32), n, fps)  # [N, D]
                 win = self.avatar.feature_windows(torch.as_tensor(feats, device=self._device))  # [N, W, D]
                 return win[n // 2: n // 2 + 1]
             except AvatarError:
@@ -289,15 +290,15 @@ class AvatarViewer:
     def _feature_fn(self):
         """(wav16k [T], num_frames, fps) -> [num_frames, D]: the extractor the model was trained with.
 
-        Uses `avatar speak`'s choice (`avatar.speak.feature_fn_for`, which also knows the tiny test
+        Uses `avatar speak`'s choice (`avatar.engine.speak.feature_fn_for`, which also knows the tiny test
         model's synthetic feature) and falls back to the preprocess extractor.
         """
         if self._extractor is None:
             meta = dict(self.avatar.feature_meta)
             try:
-                from avatar.speak import feature_fn_for
+                from avatar.engine.speak import feature_fn_for
             except ImportError:
-                from avatar.preprocess.audio_features import FeatureExtractor
+                from avatar.features.extract import FeatureExtractor
 
                 ex = FeatureExtractor.from_meta(meta)
                 self._extractor = lambda wav, n, fps: ex(wav, n, fps)[0]
@@ -313,7 +314,7 @@ class AvatarViewer:
         """
         if label in self._prepared:
             return self._prepared[label]
-        from avatar.preprocess.audio_features import frames_for_duration
+        from avatar.features.extract import frames_for_duration
 
         clip = self.clips.get(label)
         fps = float(self.avatar.fps)

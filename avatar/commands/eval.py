@@ -46,7 +46,7 @@ def print_table(metrics: dict, file=None) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from avatar.evaluation import eval_audio, evaluate_run
+    from avatar.evaluation.evaluate import eval_audio, evaluate_run
 
     if args.audio is not None:
         metrics = eval_audio(args.run_dir, args.audio)

@@ -78,7 +78,7 @@ def write_ply(path: str | Path, g: dict[str, np.ndarray]) -> Path:
     """Write 3DGS arrays (see `gaussian_arrays`) as a binary .ply (atomic)."""
     from plyfile import PlyData, PlyElement
 
-    from avatar.io import atomic_path
+    from avatar.core.io import atomic_path
 
     n = g["means"].shape[0]
     sh = g["sh"]  # [N, K, 3]
@@ -98,7 +98,7 @@ def write_ply(path: str | Path, g: dict[str, np.ndarray]) -> Path:
 def run(args: argparse.Namespace) -> int:
     if args.ply is None and args.motion is None:
         raise AvatarError("nothing to export: give --ply FILE.ply and/or --motion FILE.npz")
-    from avatar.runtime import Avatar
+    from avatar.engine.runtime import Avatar
 
     avatar = Avatar.load(args.run, device="cpu")
     if args.ply:
@@ -108,8 +108,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"avatar export: wrote {args.ply} ({g['means'].shape[0]} Gaussians, SH degree "
               f"{int(round(np.sqrt(g['sh'].shape[1]))) - 1})", file=sys.stderr)
     if args.motion:
-        from avatar.io import save_npz_atomic
-        from avatar.motion import BlinkModel
+        from avatar.core.io import save_npz_atomic
+        from avatar.engine.motion import BlinkModel
 
         head = avatar.train_viewmats.cpu().numpy().astype(np.float32)
         blink = avatar.train_blink.cpu().numpy().astype(np.float32)

@@ -17,7 +17,7 @@ VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
 
 
 def add_parser(subparsers, name: str, summary: str) -> None:
-    from avatar.config import add_dataclass_args
+    from avatar.core.config import add_dataclass_args
     from avatar.train.config import FitConfig
     from avatar.train.presets import PRESETS
 
@@ -39,7 +39,7 @@ def add_parser(subparsers, name: str, summary: str) -> None:
 
 def prepare_dataset(src: Path, run_dir: Path) -> Path:
     """A dataset folder for `src`: itself if it is one, else RUN/data (preprocessed now unless complete)."""
-    from avatar.dataset import DATASET_JSON
+    from avatar.core.dataset_format import DATASET_JSON
 
     if src.is_dir():
         return src
@@ -60,7 +60,7 @@ def prepare_dataset(src: Path, run_dir: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from avatar.config import apply_overrides, overrides_from_args
+    from avatar.core.config import apply_overrides, overrides_from_args
     from avatar.train.presets import get_preset
     from avatar.train.trainer import fit
 

@@ -8,7 +8,7 @@
 Stages: decode (25 fps from timestamps, 16 kHz mono audio aligned to frame 0), landmarks (MediaPipe
 face mesh, 478 points), pose (bundle adjustment: canonical shape, per-frame head pose, focal),
 masks (+ background plate), blink, features (audio, one row per frame), preview. The folder layout
-is described in avatar/dataset.py; dataset.json is written last, so a folder without it is
+is described in avatar/core/dataset_format.py; dataset.json is written last, so a folder without it is
 incomplete. Nothing is downloaded: all models ship inside the installed packages.
 """
 
@@ -22,7 +22,7 @@ DESCRIPTION = __doc__.split("\n", 2)[2]
 
 
 def add_parser(subparsers, name: str, summary: str) -> argparse.ArgumentParser:
-    from avatar.config import add_dataclass_args
+    from avatar.core.config import add_dataclass_args
     from avatar.preprocess.config import PreprocessConfig
     from avatar.preprocess.pipeline import STAGES
 
@@ -30,7 +30,7 @@ def add_parser(subparsers, name: str, summary: str) -> argparse.ArgumentParser:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("video", metavar="VIDEO", help="input video with one talking face (mp4/mov/mkv/webm, any fps/size)")
     p.add_argument("-o", "--output", dest="output", required=True, metavar="DATA_DIR",
-                   help="dataset folder to create or resume (see avatar/dataset.py for its layout)")
+                   help="dataset folder to create or resume (see avatar/core/dataset_format.py for its layout)")
     add_dataclass_args(p, PreprocessConfig, group_title="preprocess settings (saved to DATA_DIR/preprocess.yaml)")
     # explicit spellings of the most used settings (they replace the generated --field options)
     p.add_argument("--force", action="append", default=[], choices=STAGES, metavar="STAGE",
@@ -53,7 +53,7 @@ def add_parser(subparsers, name: str, summary: str) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from avatar.config import apply_overrides, overrides_from_args
+    from avatar.core.config import apply_overrides, overrides_from_args
     from avatar.preprocess.config import PreprocessConfig
     from avatar.preprocess.pipeline import run_preprocess
 

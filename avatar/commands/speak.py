@@ -102,7 +102,7 @@ def add_parser(subparsers, name: str, summary: str) -> argparse.ArgumentParser:
 
 
 def _config(args: argparse.Namespace):
-    from avatar.speak import SpeakConfig
+    from avatar.engine.speak import SpeakConfig
 
     return SpeakConfig(pose=args.pose, loop=args.loop, yaw=args.yaw, pitch=args.pitch, roll=args.roll, orbit=args.orbit,
                        orbit_period=args.orbit_period, camera_path=args.camera_path, blink=args.blink, lip_scale=args.lip_scale,
@@ -116,7 +116,7 @@ def _check_inputs(args: argparse.Namespace) -> None:
     if not run.is_dir():
         raise AvatarError(f"{run}: no such run folder (train one with `avatar fit VIDEO -o {run}`)")
     if args.audio != "-":
-        from avatar.audio import probe_audio
+        from avatar.core.audio import probe_audio
 
         info = probe_audio(args.audio)  # one-line errors for missing/corrupt/empty audio
         if not args.allow_long and info.duration > args.max_duration:
@@ -132,8 +132,8 @@ def _check_inputs(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     _check_inputs(args)
-    from avatar.runtime import Avatar
-    from avatar.speak import Speaker
+    from avatar.engine.runtime import Avatar
+    from avatar.engine.speak import Speaker
 
     avatar = Avatar.load(args.run, device=args.device)
     speaker = Speaker(avatar, _config(args))
@@ -165,13 +165,13 @@ def _stdin_chunks(chunk_samples: int):
 
 def _file_chunks(path: str, chunk_samples: int, realtime: bool):
     """A file's 16 kHz audio in chunks, released at real-time pace (as a live source would)."""
-    from avatar.audio import SR_STREAM, iter_audio
+    from avatar.core.audio import SAMPLE_RATE, iter_audio
 
     t0 = time.perf_counter()
     sent = 0
-    for block in iter_audio(path, sr=SR_STREAM, block_s=chunk_samples / SR_STREAM):
+    for block in iter_audio(path, sr=SAMPLE_RATE, block_s=chunk_samples / SAMPLE_RATE):
         if realtime:
-            wait = t0 + sent / SR_STREAM - time.perf_counter()
+            wait = t0 + sent / SAMPLE_RATE - time.perf_counter()
             if wait > 0:
                 time.sleep(wait)
         sent += block.shape[0]
@@ -179,9 +179,9 @@ def _file_chunks(path: str, chunk_samples: int, realtime: bool):
 
 
 def _run_stream(args: argparse.Namespace, speaker) -> int:
-    from avatar.audio import SR_STREAM
+    from avatar.core.audio import SAMPLE_RATE
 
-    chunk = max(1, int(round(args.chunk_ms / 1000.0 * SR_STREAM)))
+    chunk = max(1, int(round(args.chunk_ms / 1000.0 * SAMPLE_RATE)))
     chunks = _stdin_chunks(chunk) if args.audio == "-" else _file_chunks(args.audio, chunk, not args.no_realtime)
     av = speaker.avatar
     ch = 4 if speaker.transparent else 3

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
               f"use the viewer and upload audio (no authentication). Use the default 127.0.0.1 (or an SSH "
               f"tunnel) unless you mean it.", file=sys.stderr)
 
-    from avatar.runtime import Avatar
+    from avatar.engine.runtime import Avatar
     from avatar.viewer.clips import ClipLibrary
     from avatar.viewer.server import AvatarViewer
 

@@ -19,13 +19,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from avatar.dataset import MASK_LABELS, PERSON_LABELS
+from avatar.core.dataset_format import MASK_LABELS, PERSON_LABELS
 from avatar.model.audio import AudioEncoder
 from avatar.model.config import ModelConfig
 from avatar.model.deform import FaceDeformer, MouthDeformer, TorsoDeformer
 from avatar.model.gaussians import (GaussianSet, head_basis, knn_scale, project, sample_face_surface, sample_head_shell,
                                     sample_image, sample_mouth_volume, unproject_labels)
-from avatar.model.geometry import LOWER_INNER_LIP, UPPER_INNER_LIP, axis_angle_from_matrix, matrix_to_quat, quat_multiply
+from avatar.core.landmarks import LOWER_INNER_LIP, UPPER_INNER_LIP
+from avatar.model.geometry import axis_angle_from_matrix, matrix_to_quat, quat_multiply
 
 SET_NAMES = ("head", "mouth", "torso")
 _PERSON_IDS = tuple(MASK_LABELS[n] for n in PERSON_LABELS)

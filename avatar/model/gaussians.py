@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from avatar.model.geometry import CHIN, FOREHEAD, LIPS_INNER
+from avatar.core.landmarks import CHIN, FOREHEAD, LIPS_INNER
 
 SH_C0 = 0.28209479177387814
 

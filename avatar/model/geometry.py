@@ -1,26 +1,10 @@
-"""Rotation helpers (quaternions are w, x, y, z) and MediaPipe face-mesh index sets."""
+"""Rotation helpers (quaternions are w, x, y, z). Landmark index sets live in `avatar.core.landmarks`."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-# MediaPipe face mesh (478 points, refine_landmarks=True) index sets.
-# Outer and inner lip contours, from mediapipe/python/solutions/face_mesh_connections.py FACEMESH_LIPS.
-LIPS_OUTER = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39, 40, 185)
-LIPS_INNER = (78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 415, 310, 311, 312, 13, 82, 81, 80, 191)
-MOUTH_LANDMARKS = tuple(sorted(set(LIPS_OUTER) | set(LIPS_INNER)))  # the 40 points used by LMD
-UPPER_INNER_LIP, LOWER_INNER_LIP = 13, 14
-# Lower face contour (jaw, chin) and eyelids (upper and lower lid of each eye), from FACEMESH_FACE_OVAL
-# and FACEMESH_LEFT_EYE / FACEMESH_RIGHT_EYE of the same file.
-JAW = (172, 136, 150, 149, 176, 148, 152, 377, 400, 378, 379, 365, 397)
-EYELIDS = (159, 158, 160, 145, 153, 144, 386, 385, 387, 374, 380, 373)
-# Landmarks whose tracked 2D motion supervises the face motion field (avatar/train/trainer.py).
-MOTION_LANDMARKS = MOUTH_LANDMARKS + JAW + EYELIDS
-# Lower inner lip: the mouth-interior branch (lower teeth, tongue) is supervised to move with it.
-LOWER_INNER_LIPS = (14, 87, 178, 88, 317, 402, 318)
-FOREHEAD, CHIN = 10, 152
-CHEEK_LEFT, CHEEK_RIGHT = 234, 454
 
 
 def quat_normalize(q: torch.Tensor) -> torch.Tensor:

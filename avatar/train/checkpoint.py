@@ -1,6 +1,6 @@
 """Atomic checkpoints in RUN/checkpoints/step_XXXXXXX.pt (keep the last K).
 
-Each checkpoint is written to a temporary name and renamed (`avatar.io.atomic_path`), and older
+Each checkpoint is written to a temporary name and renamed (`avatar.core.io.atomic_path`), and older
 ones are deleted only after the new one is complete: a failed write (disk full, kill -9) leaves the
 previous good checkpoint in place and never a truncated file under a final name.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from avatar.errors import AvatarError
-from avatar.io import atomic_path
+from avatar.core.io import atomic_path
 
 _PATTERN = re.compile(r"step_(\d+)\.pt$")
 

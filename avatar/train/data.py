@@ -1,6 +1,6 @@
 """Streaming access to a dataset folder at the training resolution, with bounded memory.
 
-Frames are decoded by `avatar.dataset.FrameCache` (small, full resolution) and the resized
+Frames are decoded by `avatar.core.dataset_format.FrameCache` (small, full resolution) and the resized
 (rgb, labels) pairs are kept in an LRU of `cache_frames` entries, so RAM is O(cache), not O(clip):
 a 5-minute clip at 256 px with the default 3000-frame cache holds < 0.8 GB of pixels.
 """
@@ -12,10 +12,10 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from avatar.dataset import MASK_LABELS, PERSON_LABELS, DatasetInfo, FrameCache
+from avatar.core.dataset_format import MASK_LABELS, PERSON_LABELS, DatasetInfo, FrameCache
 from avatar.errors import AvatarError
 from avatar.model.audio import feature_windows, window_indices, window_offsets
-from avatar.model.geometry import LIPS_OUTER, LOWER_INNER_LIPS, MOTION_LANDMARKS
+from avatar.core.landmarks import LIPS_OUTER, LOWER_INNER_LIPS, MOTION_LANDMARKS
 from avatar.train.config import DataConfig
 
 PERSON_IDS = tuple(MASK_LABELS[n] for n in PERSON_LABELS)

@@ -64,7 +64,7 @@ def get_preset(name: str) -> FitConfig:
         return PRESETS[name]()
     path = Path(name)
     if path.suffix in (".yaml", ".yml"):
-        from avatar.config import load_yaml
+        from avatar.core.config import load_yaml
 
         return load_yaml(FitConfig, path)
     raise AvatarError(f"unknown preset '{name}' (choose {', '.join(PRESETS)} or give a .yaml file)")
@@ -72,7 +72,7 @@ def get_preset(name: str) -> FitConfig:
 
 def write_preset_yamls(directory: Path = CONFIG_DIR) -> list[Path]:
     """Regenerate configs/NAME.yaml from the Python presets (the source of truth)."""
-    from avatar.config import save_yaml
+    from avatar.core.config import save_yaml
 
     out = []
     for name, make in PRESETS.items():

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from avatar.config import from_dict, save_yaml, to_dict
-from avatar.dataset import load_dataset
+from avatar.core.config import from_dict, save_yaml, to_dict
+from avatar.core.dataset_format import load_dataset
 from avatar.errors import AvatarError
 from avatar.model.avatar_model import AvatarModel
 from avatar.model.config import ModelConfig
@@ -144,7 +144,7 @@ class Trainer:
                 seed=cfg.seed)
         self.model.to(self.device)
         self.unit = float(self.model.unit)
-        from avatar.model.geometry import LOWER_INNER_LIPS, MOTION_LANDMARKS
+        from avatar.core.landmarks import LOWER_INNER_LIPS, MOTION_LANDMARKS
 
         shape3d = np.asarray(self.data.pose.shape3d, np.float32)
         self.lm_canon = torch.as_tensor(shape3d[list(MOTION_LANDMARKS)], device=self.device)  # [L, 3]
@@ -292,7 +292,7 @@ class Trainer:
     @torch.no_grad()
     def quick_eval(self, n: int | None = None) -> dict[str, float]:
         """Held-out PSNR (full frame and head mask) on `data.val_frames` evenly spaced val frames."""
-        from avatar.dataset import HEAD_LABELS, MASK_LABELS
+        from avatar.core.dataset_format import HEAD_LABELS, MASK_LABELS
 
         val = self.data.val_idx if len(self.data.val_idx) else self.data.train_idx[-1:]
         n = n or self.cfg.data.val_frames
@@ -378,8 +378,8 @@ class Trainer:
         return self.finish(evaluate=cfg.final_eval)
 
     def finish(self, evaluate: bool = True) -> dict:
-        from avatar.io import write_json_atomic
-        from avatar.runtime import save_model
+        from avatar.core.io import write_json_atomic
+        from avatar.engine.runtime import save_model
 
         try:
             save_model(self.run_dir / "model.pt", self.model, self.cfg, self.data, self.data_dir)
@@ -390,7 +390,7 @@ class Trainer:
                    "num_gaussians": sum(len(s) for s in self.model.sets().values()),
                    "resolution": [self.data.width, self.data.height], "device": str(self.device)}
         if evaluate:
-            from avatar.evaluation import evaluate_run
+            from avatar.evaluation.evaluate import evaluate_run
 
             metrics.update(evaluate_run(self.run_dir, device=str(self.device), write=False))
         if self.writer is not None:

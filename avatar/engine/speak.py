@@ -1,7 +1,7 @@
 """Audio -> talking video: the `avatar speak` pipeline, offline and streaming, from one engine.
 
-    from avatar.runtime import Avatar
-    from avatar.speak import Speaker, SpeakConfig
+    from avatar.engine.runtime import Avatar
+    from avatar.engine.speak import Speaker, SpeakConfig
     sp = Speaker(Avatar.load("runs/NAME"), SpeakConfig(pose="audio", orbit=30))
     sp.render_file("speech.mp3", "out.mp4")                 # H.264 + AAC, frame exact
     for fr in sp.stream(chunks_16k):                        # float32 mono 16 kHz chunks, any size
@@ -18,7 +18,7 @@ as everything it depends on is known:
   3. the model's feature window (`Avatar.feature_window` rows k - past ... k + future, edge padded at
      the clip ends exactly like `Avatar.feature_windows`) needs `Avatar.feature_future` future rows: W//2
      for a centred model, `ModelConfig.audio_lookahead` for one trained with a causal look-ahead.
-  4. head pose / blink / camera generators are sequential (avatar/motion.py).
+  4. head pose / blink / camera generators are sequential (avatar/engine/motion.py).
 Hence the streaming output equals the offline output frame for frame for the same segment settings,
 and the algorithmic delay is (G + F + window look-ahead) frames, reported by `Speaker.delay_s`.
 
@@ -28,7 +28,7 @@ frame) is passed to the renderer separately from the head pose H_k (head -> trai
 training-camera frame (its skinning blends "static" and "follows the head") and then moved by C_k, so
 head, neck and torso turn together as one body; the background plate (or --background image) is
 re-projected as a plane fronto-parallel to the training camera at `PLATE_DEPTH_FACTOR` x the head's depth
-(avatar/runtime.py), edge-clamped where the plate has no pixels. --export-motion records head (H_k
+(avatar/engine/runtime.py), edge-clamped where the plate has no pixels. --export-motion records head (H_k
 before offsets), camera (C_k) and viewmats (C_k H_k with offsets); replaying head and camera reproduces
 the video.
 """
@@ -45,13 +45,27 @@ from typing import Callable, Iterable, Iterator, Literal
 
 import numpy as np
 
-from avatar.audio import DEFAULT_RATE, iter_audio, probe_audio, rms_envelope
+from avatar.core.audio import SAMPLE_RATE, iter_audio, probe_audio, rms_envelope
+from avatar.core.landmarks import mouth_opening
+from avatar.engine.motion import (
+    AudioPoseModel,
+    BlinkModel,
+    CameraPath,
+    ConstantBlink,
+    FileBlink,
+    LoopMode,
+    ReplayPose,
+    SpeechGate,
+    StaticPose,
+    apply_head_offset,
+    close_mouth,
+    load_camera_path,
+    orbit_at,
+    silent_rows,
+)
 from avatar.errors import AvatarError
-from avatar.motion import (AudioPoseModel, BlinkModel, CameraPath, ConstantBlink, FileBlink, LoopMode, ReplayPose,
-                           SpeechGate, StaticPose, apply_head_offset, close_mouth, load_camera_path, mouth_opening, orbit_at,
-                           silent_rows)
 
-SR = DEFAULT_RATE
+SR = SAMPLE_RATE
 FeatureFn = Callable[[np.ndarray, int, float], np.ndarray]
 """(wav16k [T], num_frames, fps) -> [num_frames, D] float32 features, frame j at time j/fps of the wav."""
 VadMode = Literal["silero", "energy", "off"]
@@ -140,7 +154,7 @@ def feature_fn_for(meta: dict, model_dir: str | None = None) -> FeatureFn:
     kind = meta.get("extractor", "")
     if kind == "synthetic":
         return synthetic_features
-    from avatar.preprocess.audio_features import FeatureExtractor
+    from avatar.features.extract import FeatureExtractor
 
     flat = {k: v for k, v in meta.items() if k != "extra"} | dict(meta.get("extra") or {})
     flat["chunk_s"] = None  # speak cuts the audio into segments itself
@@ -177,7 +191,7 @@ def closed_mouth_window(avatar, feats: np.ndarray, level_db: np.ndarray | None, 
     trains), which costs one audio-encoder pass over the training windows, no rendering."""
     import torch
 
-    from avatar.model.geometry import LOWER_INNER_LIP, UPPER_INNER_LIP
+    from avatar.core.landmarks import LOWER_INNER_LIP, UPPER_INNER_LIP
 
     m = avatar.model
     if len(feats) == 0 or shape3d is None:
@@ -203,10 +217,10 @@ def training_stats(avatar, feature_fn: FeatureFn | None = None) -> TrainingStats
 
     Falls back to the extractor's own features of digital silence when the dataset folder is gone.
     """
-    from avatar.dataset import load_dataset
+    from avatar.core.dataset_format import load_dataset
 
-    root = avatar.dataset.get("root")
-    a, b = (avatar.dataset.get("train") or [0, len(avatar.train_viewmats)])[:2]
+    root = avatar.core.dataset_format.get("root")
+    a, b = (avatar.core.dataset_format.get("train") or [0, len(avatar.train_viewmats)])[:2]
     try:
         info = load_dataset(root)
         name = avatar.feature_meta.get("name") or info.default_feature
@@ -214,7 +228,7 @@ def training_stats(avatar, feature_fn: FeatureFn | None = None) -> TrainingStats
         level = None
         wav_path = info.path("audio.wav")
         if info.has_audio and wav_path.is_file():
-            from avatar.audio import load_audio
+            from avatar.core.audio import load_audio
 
             wav = load_audio(wav_path, sr=SR)
             level = rms_envelope(wav, SR, info.fps, info.num_frames)[a:b]
@@ -672,7 +686,7 @@ class Speaker:
         Audio is decoded in blocks twice in lock-step: 16 kHz mono for the features, and at its own
         rate (<= 48 kHz) for the muxed AAC track; frames go to the encoder as they are rendered.
         Returns a summary dict (frames, duration, seconds, fps)."""
-        from avatar.video_writer import PngSequenceWriter, VideoWriter
+        from avatar.core.video_writer import PngSequenceWriter, VideoWriter
 
         info = probe_audio(audio)
         if max_duration is not None and info.duration > max_duration:
@@ -747,7 +761,7 @@ class Speaker:
         --camera-path FILE."""
         import json
 
-        from avatar.io import save_npz_atomic
+        from avatar.core.io import save_npz_atomic
 
         if not self._record:
             raise AvatarError("no motion recorded; render with export_motion first")

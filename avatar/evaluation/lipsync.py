@@ -1,7 +1,7 @@
 """Lip-sync figures we can compute offline: AV-offset and AV-corr (`avatar eval RUN --audio X`).
 
 No SyncNet weights exist offline, so sync is measured the way preprocessing checks its input clips
-(avatar/preprocess/sync.py): the per-frame mouth opening is cross-correlated with the 1-3 kHz audio
+(avatar/core/avsync.py): the per-frame mouth opening is cross-correlated with the 1-3 kHz audio
 envelope; AV-offset is the lag (frames, > 0 = video late) of the maximum, AV-corr the correlation
 there. The same figures on the real training clip (its landmarks and audio) are the reference:
 a good avatar has an offset near the clip's and a correlation of the same order.
@@ -19,18 +19,19 @@ from pathlib import Path
 
 import numpy as np
 
+from avatar.core.audio import SAMPLE_RATE
 from avatar.errors import AvatarError
 
-SR = 16000
+SR = SAMPLE_RATE
 
 
 def _lip_gaussians(avatar, k: int = 6) -> tuple[np.ndarray, np.ndarray] | None:
     """Indices of the head Gaussians nearest the canonical upper (13) and lower (14) inner-lip points."""
-    from avatar.dataset import load_dataset
-    from avatar.model.geometry import LOWER_INNER_LIP, UPPER_INNER_LIP
+    from avatar.core.dataset_format import load_dataset
+    from avatar.core.landmarks import LOWER_INNER_LIP, UPPER_INNER_LIP
 
     try:
-        shape3d = load_dataset(avatar.dataset["root"]).camera_pose().shape3d  # [478, 3]
+        shape3d = load_dataset(avatar.core.dataset_format["root"]).camera_pose().shape3d  # [478, 3]
     except (AvatarError, OSError, KeyError):
         return None
     means = avatar.model.head.params["means"].detach().cpu().numpy()  # [N, 3]
@@ -75,10 +76,10 @@ def render_sync(avatar, audio_path: str | os.PathLike, speak_config=None, *, min
 
     Returns {"av_offset_frames", "av_corr", "frames", "fps", "mouth_measure" ("facemesh" | "gaussians"),
     "face_found_ratio", "audio"}. A fresh face-mesh tracker per file (video mode tracks across frames)."""
-    from avatar.audio import load_audio
-    from avatar.preprocess.sync import av_offset
-    from avatar.preprocess.sync import mouth_opening as mp_mouth_opening
-    from avatar.speak import SpeakConfig, Speaker
+    from avatar.core.audio import load_audio
+    from avatar.core.avsync import av_offset
+    from avatar.core.landmarks import mouth_opening as mp_mouth_opening
+    from avatar.engine.speak import SpeakConfig, Speaker
 
     cfg = speak_config or SpeakConfig()
     sp = Speaker(avatar, cfg)
@@ -114,15 +115,15 @@ def clip_sync(avatar) -> dict:
     """The reference figures: AV-offset / AV-corr of the training clip (its landmarks and audio).
 
     Returns {"gt_av_offset_frames", "gt_av_corr", "gt_source"} (None / "none" when the dataset is gone)."""
-    from avatar.audio import load_audio
-    from avatar.preprocess.sync import av_offset
-    from avatar.preprocess.sync import mouth_opening as mp_mouth_opening
+    from avatar.core.audio import load_audio
+    from avatar.core.avsync import av_offset
+    from avatar.core.landmarks import mouth_opening as mp_mouth_opening
 
     gt_lag, gt_corr, gt_src = None, None, "none"
     try:
-        from avatar.dataset import load_dataset
+        from avatar.core.dataset_format import load_dataset
 
-        info = load_dataset(avatar.dataset["root"])
+        info = load_dataset(avatar.core.dataset_format["root"])
         if info.has_audio and info.path("audio.wav").is_file() and info.path("landmarks.npy").is_file():
             gt_wav = load_audio(info.path("audio.wav"), sr=SR)
             gt_mouth = mp_mouth_opening(np.asarray(info.landmarks()))
@@ -142,8 +143,8 @@ def eval_audio(run_dir: str | os.PathLike, audio_path: str | os.PathLike, *, dev
     "mouth_measure" ("facemesh" | "gaussians"), "face_found_ratio", "gt_source"}
     (`render_sync` + `clip_sync`; bench/lipsync.py runs them over a folder of audio files).
     """
-    from avatar.audio import probe_duration
-    from avatar.runtime import Avatar
+    from avatar.core.audio import probe_duration
+    from avatar.engine.runtime import Avatar
 
     if max_duration is not None and probe_duration(audio_path) > max_duration:
         raise AvatarError(f"{audio_path}: longer than {max_duration:.0f} s; lip-sync evaluation is meant for clips")

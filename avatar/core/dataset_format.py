@@ -87,7 +87,7 @@ class CameraPose:
         return m
 
     def save(self, path: str | os.PathLike) -> None:
-        from avatar.io import save_npz_atomic
+        from avatar.core.io import save_npz_atomic
 
         save_npz_atomic(path, R=self.R.astype(np.float32), t=self.t.astype(np.float32),
                         focal=np.float32(self.focal), cx=np.float32(self.cx), cy=np.float32(self.cy),

@@ -1,6 +1,6 @@
 """Runtime API of a trained avatar (used by `avatar speak`, `avatar view`, `avatar eval`).
 
-    from avatar.runtime import Avatar
+    from avatar.engine.runtime import Avatar
     av = Avatar.load("runs/NAME")                       # AvatarError if the run has no model.pt yet
     wins = av.feature_windows(feats)                    # [N, D] features of new audio -> [N, W, D]
     out = av.render(wins[:4], av.train_viewmats[:4], av.train_blink[:4])
@@ -32,8 +32,8 @@ at this many times the mean head depth (the training poses' z), i.e. a wall well
 
 def save_model(path: str | Path, model, cfg, data, data_dir: str | Path) -> None:
     """Write model.pt for `Avatar.load` (atomic)."""
-    from avatar.config import to_dict
-    from avatar.io import atomic_path
+    from avatar.core.config import to_dict
+    from avatar.core.io import atomic_path
 
     tr = torch.as_tensor(data.train_idx)
     payload = {
@@ -107,7 +107,7 @@ class Avatar:
     """A trained avatar ready to render frames from audio feature windows, head poses and blinks."""
 
     def __init__(self, payload: dict, device: str = "auto", run_dir: Path | None = None):
-        from avatar.config import from_dict
+        from avatar.core.config import from_dict
         from avatar.model.avatar_model import AvatarModel
         from avatar.model.config import ModelConfig
 

@@ -4,7 +4,7 @@ audio) or an RGBA PNG sequence.
 Frames and audio are encoded as they arrive (memory O(one frame)), so an hour of output costs no more
 RAM than a second. The file is written under a hidden temporary name beside the destination and
 renamed only by `close()` after the muxer has written its trailer: a crash, Ctrl-C or a full disk
-never leaves a complete-looking `out.mp4` (the `avatar.io.atomic_path` contract, applied to a writer
+never leaves a complete-looking `out.mp4` (the `avatar.core.io.atomic_path` contract, applied to a writer
 that lives across many calls).
 
 Frame exactness is the caller's contract (`num_frames = round(duration * fps)`); pass `num_frames`

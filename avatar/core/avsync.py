@@ -15,17 +15,6 @@ from __future__ import annotations
 
 import numpy as np
 
-INNER_LIP_PAIR = (13, 14)
-EYE_CORNERS = (33, 263)
-
-
-def mouth_opening(lm: np.ndarray) -> np.ndarray:
-    """Landmarks [N, 478, 2] -> inner-lip gap / outer-eye-corner distance [N] (scale invariant)."""
-    gap = np.linalg.norm(lm[:, INNER_LIP_PAIR[0]] - lm[:, INNER_LIP_PAIR[1]], axis=-1)
-    eyes = np.linalg.norm(lm[:, EYE_CORNERS[0]] - lm[:, EYE_CORNERS[1]], axis=-1)
-    return (gap / np.maximum(eyes, 1e-6)).astype(np.float32)
-
-
 def band_envelope(wav: np.ndarray, sr: int, fps: float, num_frames: int, band: tuple[float, float] = (1000.0, 3000.0),
                   window_s: float | None = None) -> np.ndarray:
     """Log energy of `wav` in `band` (Hz) in a Hann window centred on each frame time k/fps -> [num_frames]."""

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from avatar.dataset import HEAD_LABELS, MASK_LABELS, load_dataset
+from avatar.core.dataset_format import HEAD_LABELS, MASK_LABELS, load_dataset
 from avatar.errors import AvatarError
-from avatar.model.geometry import MOUTH_LANDMARKS
-from avatar.motion import mouth_opening
+from avatar.core.landmarks import MOUTH_LANDMARKS
+from avatar.core.landmarks import mouth_opening
 from avatar.train.losses import psnr, ssim
 
 METRIC_KEYS = ("head_psnr", "full_psnr", "head_ssim", "full_ssim", "lmd", "lmd_no_audio", "mouth_corr")
@@ -49,9 +49,9 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", write: bool = True, 
     import cv2
     from tqdm import tqdm
 
-    from avatar.config import from_dict
-    from avatar.io import atomic_path, write_json_atomic
-    from avatar.runtime import Avatar
+    from avatar.core.config import from_dict
+    from avatar.core.io import atomic_path, write_json_atomic
+    from avatar.engine.runtime import Avatar
     from avatar.train.config import DataConfig
     from avatar.train.data import FitData
 
@@ -140,9 +140,9 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", write: bool = True, 
 
 
 def eval_audio(run_dir: str | Path, audio_path: str | Path) -> dict:
-    """Lip-sync metric on new audio (the speak issue): delegates to `avatar.lipsync` when it exists."""
+    """Lip-sync metric on new audio (the speak issue): delegates to `avatar.evaluation.lipsync` when it exists."""
     try:
-        import avatar.lipsync as lipsync  # type: ignore[import-not-found]
+        import avatar.evaluation.lipsync as lipsync  # type: ignore[import-not-found]
     except ImportError:
-        raise AvatarError("--audio evaluation is not available yet (avatar.lipsync is not installed)") from None
+        raise AvatarError("--audio evaluation is not available yet (avatar.evaluation.lipsync is not installed)") from None
     return lipsync.eval_audio(run_dir, audio_path)

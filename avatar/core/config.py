@@ -217,7 +217,7 @@ def save_yaml(cfg: Any, path: str | Path) -> None:
     """Write the resolved config as YAML, atomically."""
     import yaml
 
-    from avatar.io import write_text_atomic
+    from avatar.core.io import write_text_atomic
 
     write_text_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 

@@ -26,10 +26,9 @@ import numpy as np
 
 from avatar.errors import AvatarError
 
-DEFAULT_RATE = 16000
-"""Rate of every audio feature extractor in this project (DeepSpeech/HuBERT/wav2vec2 all take 16 kHz)."""
-SR_STREAM = DEFAULT_RATE
-"""Rate of raw PCM read by `avatar speak --stream --audio -` (s16le mono)."""
+SAMPLE_RATE = 16000
+"""The one audio rate of this project: every feature extractor (DeepSpeech/HuBERT/wav2vec2 all take 16 kHz),
+the dataset's audio.wav, and the raw PCM read by `avatar speak --stream --audio -` (s16le mono)."""
 
 
 @dataclasses.dataclass
@@ -121,8 +120,8 @@ def probe_audio(path: str | os.PathLike) -> AudioInfo:
     finally:
         container.close()
     if dur is None:  # no header: count by decoding (bounded memory)
-        n = sum(len(b) for b in iter_audio(p, sr=rate or DEFAULT_RATE, block_s=30.0))
-        dur = n / float(rate or DEFAULT_RATE)
+        n = sum(len(b) for b in iter_audio(p, sr=rate or SAMPLE_RATE, block_s=30.0))
+        dur = n / float(rate or SAMPLE_RATE)
     if rate <= 0:
         raise AvatarError(f"{p}: audio stream has no sample rate; the file is corrupt")
     if dur <= 0:
@@ -135,7 +134,7 @@ def probe_duration(path: str | os.PathLike) -> float:
     return probe_audio(path).duration
 
 
-def iter_audio(path: str | os.PathLike, sr: int = DEFAULT_RATE, block_s: float = 10.0) -> Iterator[np.ndarray]:
+def iter_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE, block_s: float = 10.0) -> Iterator[np.ndarray]:
     """Yield the audio of `path` as float32 mono blocks at `sr` Hz, each `block_s` seconds (the last shorter).
 
     Memory stays O(block): packets are decoded, downmixed (channel mean) and resampled as they come.
@@ -202,7 +201,7 @@ def iter_audio(path: str | os.PathLike, sr: int = DEFAULT_RATE, block_s: float =
         container.close()
 
 
-def load_audio(path: str | os.PathLike, sr: int = DEFAULT_RATE, max_duration: float | None = None) -> np.ndarray:
+def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE, max_duration: float | None = None) -> np.ndarray:
     """The whole audio of `path` as float32 mono [T] at `sr` Hz (see `iter_audio`).
 
     `max_duration` (seconds) refuses longer files before decoding them, with a one-line error.

@@ -1,10 +1,10 @@
 """Everything `avatar speak` drives besides the audio features: head pose, camera, blinks, silence.
 
 All generators are *sequential*: frame k depends only on frames < k and on inputs up to a fixed
-look-ahead, so the offline renderer and the streaming renderer (avatar/speak.py) produce the same
+look-ahead, so the offline renderer and the streaming renderer (avatar/engine/speak.py) produce the same
 motion for the same audio.
 
-Conventions (avatar/dataset.py): a viewmat is the head-to-camera transform, X_cam = R X_head + t,
+Conventions (avatar/core/dataset_format.py): a viewmat is the head-to-camera transform, X_cam = R X_head + t,
 OpenCV camera axes (x right, y down, z forward). The "world" is the training camera's frame, so a
 camera move C (world -> new camera) gives the final viewmat C @ H for a head pose H.
 
@@ -32,6 +32,7 @@ from typing import Literal
 
 import numpy as np
 
+from avatar.core.audio import SAMPLE_RATE
 from avatar.errors import AvatarError
 
 PoseMode = Literal["replay", "static", "audio"]
@@ -610,7 +611,7 @@ class SpeechGate:
     """
 
     WINDOW = 512
-    RATE = 16000
+    RATE = SAMPLE_RATE
 
     def __init__(self, fps: float, kind: VadKind = "silero", threshold: float = 0.5, energy_db: float = -45.0,
                  pad_before: int = 3, pad_after: int = 2):
@@ -714,17 +715,6 @@ class SpeechGate:
         a = max(0, k - self.pad_before)
         b = min(len(self._raw), k + self.pad_after + 1)
         return any(self._raw[a:b])
-
-
-def mouth_opening(landmarks: np.ndarray) -> np.ndarray:
-    """[N] inner-lip gap over face height from MediaPipe face-mesh landmarks [N, 478, 2].
-
-    Inner lips: 13 (upper) and 14 (lower); face height: 10 (forehead) to 152 (chin).
-    """
-    lm = np.asarray(landmarks, np.float32)
-    gap = np.linalg.norm(lm[:, 13] - lm[:, 14], axis=-1)
-    h = np.linalg.norm(lm[:, 10] - lm[:, 152], axis=-1)
-    return gap / np.maximum(h, 1e-6)
 
 
 def silent_rows(train_feats: np.ndarray, level_db: np.ndarray | None, mouth_open: np.ndarray | None, k: int = 8) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Audio features aligned one row per video frame, each array described by a metadata dict.
 
 Time convention (shared by every extractor here): video frame k is the image at time t_k = k / fps
-(avatar/dataset.py), and feature row k summarises the audio in the window CENTRED on t_k,
+(avatar/core/dataset_format.py), and feature row k summarises the audio in the window CENTRED on t_k,
 [t_k - 0.5/fps, t_k + 0.5/fps). This is the convention of ER-NeRF's DeepSpeech windows, whose window i
 is centred on i/25 s (../shared/design/preprocess.md §7.1). Audio before 0 or after the end counts as
 silence. The model applies its own temporal window over rows (model.md §3), so rows carry only the
@@ -35,12 +35,12 @@ from typing import Any, Literal
 
 import numpy as np
 
+from avatar.core.audio import SAMPLE_RATE
 from avatar.errors import AvatarError
 
 FeatureKind = Literal["phonetic+spectral", "wav2vec2", "hubert"]
 FEATURE_KINDS: tuple[str, ...] = ("phonetic+spectral", "wav2vec2", "hubert")
 
-SAMPLE_RATE = 16000
 """All extractors take 16 kHz mono float32 audio in [-1, 1]."""
 DEFAULT_CHUNK_S = 30.0
 """Audio longer than this is processed in chunks (bounded memory; pocketsphinx CMN is per chunk)."""
