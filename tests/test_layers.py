@@ -13,9 +13,11 @@ its own package, any lower layer, and nothing else):
     4  avatar.evaluation                              metrics, held-out eval, lip sync
     5  avatar.train, avatar.viewer (viewer/)          training; the interactive viewer
     6  avatar.testing                                 fixtures (tiny datasets and trained runs)
+    6  avatar.batch                                   bulk speak / fit on local or cluster Ray
     7  avatar.commands, avatar.cli                    the CLI
 
-Two packages on the same layer do not import each other (preprocess <-> model, train <-> viewer).
+Two packages on the same layer do not import each other (preprocess <-> model, train <-> viewer,
+testing <-> batch).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ LAYERS = [  # (package prefix, layer); the longest matching prefix wins
     ("avatar.engine", 3),
     ("avatar.evaluation", 4),
     ("avatar.train", 5), ("avatar.viewer", 5),
-    ("avatar.testing", 6),
+    ("avatar.testing", 6), ("avatar.batch", 6),
     ("avatar.commands", 7), ("avatar.cli", 7),
 ]
 
