@@ -79,6 +79,8 @@ setup(
         "viser==1.1.1",
         "plyfile>=1.0",
         "transformers>=4.40",
+        # `avatar batch` (issue 16): embedded local Ray by default, or a cluster; 2.60.0 has Python 3.11 wheels.
+        "ray==2.60.0",
     ],
     extras_require={
         "test": ["pytest>=7", "playwright>=1.40"],

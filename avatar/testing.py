@@ -12,7 +12,6 @@ CPU) and returns the finished run folder (config.yaml, model.pt, metrics.json).
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -55,7 +54,7 @@ def make_tiny_dataset(root: str | Path, num_frames: int = 24, size: int = 64, fp
     """Write a synthetic dataset folder (contract of avatar/core/dataset_format.py) and return its path.
 
     features: "synthetic" (8-d [opening, opening^2, noise], recoverable from the audio by
-    `avatar.engine.speak.synthetic_features`) or "phonetic+spectral" (the real default extractor run on the
+    `avatar.engine.features.synthetic_features`) or "phonetic+spectral" (the real default extractor run on the
     dataset's audio, so `speak` exercises the real feature path end to end, e.g. in bench/speak.py)."""
     import cv2
     import soundfile as sf
@@ -68,7 +67,6 @@ def make_tiny_dataset(root: str | Path, num_frames: int = 24, size: int = 64, fp
     rng = np.random.default_rng(seed)
     shape = _face_shape(rng)
     focal, cx, cy = 1.2 * size, size / 2, size / 2
-    K = np.array([[focal, 0, cx], [0, focal, cy], [0, 0, 1]], np.float32)
     k = np.arange(num_frames)
     opening = 0.5 + 0.5 * np.sin(2 * np.pi * k / 12.0)  # [N] mouth opening in [0, 1]
     blink = (k % 10 == 5).astype(np.float32)  # [N]
@@ -128,7 +126,7 @@ def make_tiny_dataset(root: str | Path, num_frames: int = 24, size: int = 64, fp
         feats = np.concatenate([opening[:, None], opening[:, None] ** 2, 0.05 * rng.normal(size=(num_frames, dim - 2))], 1).astype(np.float32)
         fmeta = {"extractor": "synthetic", "dim": dim, "fps": fps, "window": 1}
     elif features == "phonetic+spectral":
-        from avatar.features.extract import extract_features
+        from avatar.features import extract_features
 
         fname = "default"
         feats, fmeta = extract_features(sf.read(str(root / "audio.wav"), dtype="float32")[0], num_frames, fps)

@@ -9,17 +9,21 @@ mesh on the rendered frames, or the model's lip Gaussians when face mesh cannot 
 `mouth_measure`), then AV-offset (frames, > 0 = video late) and AV-corr against the audio envelope.
 The training clip's reference figures (`avatar.evaluation.lipsync.clip_sync`: gt_av_offset_frames, gt_av_corr)
 are computed once. Prints a table and ends with one JSON line: the reference, per-file figures, and their
-mean |offset| and mean corr (files whose corr is undefined, e.g. silence, are left out of the mean).
+mean |offset| and mean corr (files whose corr is undefined, e.g. silence, are left out of the mean), and the
+machine. The figures are deterministic (one render per file, no repeats needed); `wall_s` per file is
+informative only, bench/speak.py is the timing bench.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/_common.py, also when loaded by path
+from _common import emit  # noqa: E402
 
 AUDIO_EXTS = (".wav", ".mp3", ".flac", ".ogg", ".m4a", ".aac", ".opus")
 MAX_DURATION_S = 600.0  # the limit `avatar eval --audio` applies (avatar.evaluation.lipsync.eval_audio)
@@ -45,7 +49,7 @@ def run(run_dir: Path, folder: Path, device: str) -> dict:
     from avatar.core.audio import probe_duration
     from avatar.errors import AvatarError
     from avatar.evaluation.lipsync import clip_sync, render_sync
-    from avatar.engine.runtime import Avatar
+    from avatar.engine import Avatar
 
     files = audio_files(folder)
     if not run_dir.is_dir():
@@ -109,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     except AvatarError as e:
         print(f"bench/lipsync.py: error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(summary))
+    emit(summary, device=args.device)
     return 0
 
 

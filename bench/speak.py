@@ -1,29 +1,30 @@
 """Benchmark `avatar speak`: end-to-end frames/s and streaming latency.
 
-    python bench/speak.py                       builds the tiny test avatar (64 px) in a temp folder
-    python bench/speak.py --run runs/NAME       a real trained run, at its training resolution
-    python bench/speak.py --run runs/NAME --audio speech.wav --seconds 20
+    python bench/speak.py                       the real-data fixture run (bench/_common.py, cached under --out)
+    python bench/speak.py --run runs/NAME       a trained run, at its training resolution
+    python bench/speak.py --run runs/NAME --audio speech.wav --seconds 20 --repeats 5
 
-End to end = audio decoding + features + silence gate + motion + deformation + rasterization +
-compositing + H.264/AAC encoding (`Speaker.render_file`), measured at the run's training resolution.
-The stage split renders the same frames without the encoder and times the feature extractor alone.
-Streaming, twice, in 40 ms chunks: (1) pushed as fast as possible: the streaming real-time factor
-(`stream_x_realtime` = audio seconds / wall seconds, >= 1 keeps up with a live source;
-`stream_cpu_x_realtime` the same per CPU second of this process, less sensitive to other load) and the compute
-latency chunk push -> frame ready (`stream_latency_p50_ms` / `_p95_ms`); (2) paced at real time like a
-live microphone: latency from each chunk's scheduled arrival to the frames it completed being ready
-(`stream_paced_latency_p50_ms` / `_p95_ms`; grows without bound when the pipeline is slower than real
-time). Both exclude the algorithmic look-ahead (`stream_delay_ms`, `Speaker.delay_s`). The tiny avatar
-is trained on the real default extractor's features (phonetic+spectral; `--features synthetic` for the
-8-d test feature), so the streaming figures include real feature extraction. CPU always; a GPU section
-when CUDA is available (else printed as skipped). Ends with one JSON line.
+Default model: a small avatar trained once on the real clip may_5s.mp4 (`fixture_run`), so the figures are
+those of a real run's Gaussians, feature extractor and resolution, not of the 64 px test cartoon. Default audio:
+the first `--seconds` of a real speech file (../shared/data/audio/dreamtalk_french1.wav).
+
+Every figure is the median of `--repeats` (>= 5) runs after a warm-up run; model loading, the Speaker and the
+output folder are set up outside the timed region. End to end = audio decoding + features + silence gate +
+motion + deformation + rasterization + compositing + H.264/AAC encoding (`Speaker.render_file`). The stage
+split renders the same frames without the encoder and times the feature extractor alone. Streaming, in 40 ms
+chunks: (1) pushed as fast as possible: the streaming real-time factor (`stream_x_realtime` = audio seconds /
+wall seconds, >= 1 keeps up with a live source; `stream_cpu_x_realtime` per CPU second of this process) and the
+compute latency chunk push -> frame ready (`stream_latency_p50_ms` / `_p95_ms`, of the median run); (2) paced at
+real time like a live microphone, once (it takes real time): latency from each chunk's scheduled arrival to the
+frames it completed being ready (`stream_paced_latency_p50_ms` / `_p95_ms`). Both exclude the algorithmic
+look-ahead (`stream_delay_ms`, `Speaker.delay_s`). CPU always; a GPU section when CUDA is available (else
+printed as skipped). Ends with one JSON line (with the machine).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import tempfile
+import sys
 import time
 from pathlib import Path
 
@@ -31,76 +32,67 @@ import numpy as np
 
 from avatar.core.audio import SAMPLE_RATE
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/_common.py, also when loaded by path
+from _common import DEFAULT_OUT, SHARED_DATA, emit, fixture_run, machine, time_median  # noqa: E402
+
 SR = SAMPLE_RATE
+DEFAULT_AUDIO = SHARED_DATA / "audio" / "dreamtalk_french1.wav"
 
 
-def _audio(path: str | None, seconds: float) -> tuple[Path, np.ndarray]:
+def _audio(path: str | None, seconds: float, out: Path) -> tuple[Path, np.ndarray]:
+    """The first `seconds` of `path` (default: a real speech file) at 16 kHz, also written to out/audio.wav."""
     import soundfile as sf
 
     from avatar.core.audio import load_audio
 
-    if path:
-        wav = load_audio(path, sr=SR)[: int(seconds * SR)]
-    else:  # speech-like test signal: syllable-rate modulated harmonics with pauses
-        t = np.arange(int(seconds * SR)) / SR
-        f0 = 140 + 20 * np.sin(2 * np.pi * 0.7 * t)
-        ph = 2 * np.pi * np.cumsum(f0) / SR
-        wav = 0.2 * sum(np.sin(h * ph) / h for h in range(1, 15)) * (0.55 + 0.45 * np.sin(2 * np.pi * 4 * t))
-        wav = (wav * ((t % 3.0) < 2.4)).astype(np.float32)
-    tmp = Path(tempfile.mkdtemp(prefix="bench_speak_")) / "audio.wav"
-    sf.write(str(tmp), wav, SR)
-    return tmp, wav
+    wav = load_audio(path or DEFAULT_AUDIO, sr=SR)[: int(seconds * SR)]
+    out.mkdir(parents=True, exist_ok=True)
+    dst = out / "bench_speak_audio.wav"
+    sf.write(str(dst), wav, SR)
+    return dst, wav
 
 
-def bench_device(run: Path, device: str, audio: Path, wav: np.ndarray, batch: int) -> dict:
+def bench_device(run: Path, device: str, audio: Path, wav: np.ndarray, batch: int, repeats: int, out_dir: Path) -> dict:
     import torch
 
-    from avatar.engine.runtime import Avatar
-    from avatar.engine.speak import SpeakConfig, Speaker
+    from avatar.engine import Avatar, SpeakConfig, Speaker
 
     av = Avatar.load(run, device=device)
     cfg = SpeakConfig(batch=batch)
     sp = Speaker(av, cfg)
-    out = Path(tempfile.mkdtemp(prefix="bench_speak_")) / "out.mp4"
-    list(sp.frames(wav[: SR // 2]))  # warm-up (kernels, allocator)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    summary = sp.render_file(audio, out, progress=False)
-    e2e_s = time.perf_counter() - t0
-    n = summary["frames"]
-    # stage split: features alone, then everything but the encoder
-    t0 = time.perf_counter()
-    sp.feature_fn(wav, n, sp.fps)
-    feat_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for _ in sp.frames(wav):
-        pass
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    render_s = time.perf_counter() - t0
-    # streaming: 40 ms chunks, as fast as they can be consumed
+    out = out_dir / f"bench_speak_{device.replace(':', '_')}.mp4"
+    sync = torch.cuda.synchronize if device.startswith("cuda") else None
+    audio_s = len(wav) / SR
+    e2e = time_median(lambda: sp.render_file(audio, out, progress=False), repeats=repeats, sync=sync)
+    n = sp.render_file(audio, out, progress=False)["frames"]  # frame count (untimed)
+    feat = time_median(lambda: sp.feature_fn(wav, n, sp.fps), repeats=repeats)
+    render = time_median(lambda: [None for _ in sp.frames(wav)], repeats=repeats, sync=sync)
+    # streaming: 40 ms chunks, as fast as they can be consumed; a fresh Speaker per run (setup, untimed)
     chunk = int(0.04 * SR)
-    sp_s = Speaker(av, cfg)
-    t0, c0 = time.perf_counter(), time.process_time()
-    frames = list(sp_s.stream(wav[i:i + chunk] for i in range(0, len(wav), chunk)))
-    stream_wall, stream_cpu = time.perf_counter() - t0, time.process_time() - c0
-    st = sp_s.last_stats
+    runs: list[tuple[float, float, dict, int, float]] = []
+
+    def stream_once(sp_s) -> None:
+        t0, c0 = time.perf_counter(), time.process_time()
+        k = sum(1 for _ in sp_s.stream(wav[i:i + chunk] for i in range(0, len(wav), chunk)))
+        runs.append((time.perf_counter() - t0, time.process_time() - c0, dict(sp_s.last_stats), k, sp_s.delay_s()))
+
+    time_median(stream_once, repeats=repeats, setup=lambda: (Speaker(av, cfg),), sync=sync)
+    runs = runs[1:]  # drop the warm-up
+    wall, cpu, st, stream_frames, delay_s = sorted(runs, key=lambda r: r[0])[len(runs) // 2]  # the median run
     paced = stream_paced(Speaker(av, cfg), wav, chunk)
+    e2e_s, render_s, feat_s = e2e["median_ms"] / 1000, render["median_ms"] / 1000, feat["median_ms"] / 1000
     res = {
-        "device": device, "width": av.width, "height": av.height, "frames": n, "audio_s": len(wav) / SR,
-        "e2e_fps": n / e2e_s, "no_encode_fps": n / render_s, "features_s": feat_s,
-        "features_x_realtime": (len(wav) / SR) / max(feat_s, 1e-9), "stream_frames": len(frames),
+        "device": device, "width": av.width, "height": av.height, "frames": n, "audio_s": audio_s, "repeats": repeats,
+        "e2e_fps": n / e2e_s, "e2e_ms_min": e2e["min_ms"], "e2e_ms_max": e2e["max_ms"], "no_encode_fps": n / render_s,
+        "features_s": feat_s, "features_x_realtime": audio_s / max(feat_s, 1e-9), "stream_frames": stream_frames,
         "stream_latency_p50_ms": 1000 * (st["latency_p50_s"] or 0), "stream_latency_p95_ms": 1000 * (st["latency_p95_s"] or 0),
-        "stream_delay_ms": 1000 * sp_s.delay_s(), "window_future_rows": int(av.feature_future), "stream_fps": len(frames) / st["seconds"],
-        "stream_x_realtime": (len(wav) / SR) / max(stream_wall, 1e-9),
-        "stream_cpu_x_realtime": (len(wav) / SR) / max(stream_cpu, 1e-9),
+        "stream_delay_ms": 1000 * delay_s, "window_future_rows": int(av.feature_future), "stream_fps": stream_frames / st["seconds"],
+        "stream_x_realtime": audio_s / max(wall, 1e-9), "stream_cpu_x_realtime": audio_s / max(cpu, 1e-9),
         "stream_paced_latency_p50_ms": paced["p50_ms"], "stream_paced_latency_p95_ms": paced["p95_ms"],
-        "stream_paced_frames": paced["frames"],
-        "extractor": av.feature_meta.get("extractor"),
+        "stream_paced_frames": paced["frames"], "extractor": av.feature_meta.get("extractor"),
     }
-    print(f"[{device}] {av.width}x{av.height}: end-to-end {res['e2e_fps']:.1f} frames/s (mp4 with audio), "
-          f"without encoding {res['no_encode_fps']:.1f} frames/s; features {feat_s:.2f} s "
+    print(f"[{device}] {av.width}x{av.height}: end-to-end {res['e2e_fps']:.1f} frames/s (mp4 with audio; median of "
+          f"{repeats}), without encoding {res['no_encode_fps']:.1f} frames/s; features {feat_s:.2f} s "
           f"({res['features_x_realtime']:.0f}x real time, {res['extractor']})")
     print(f"[{device}] streaming: {res['stream_fps']:.1f} frames/s = {res['stream_x_realtime']:.2f}x real time, latency "
           f"chunk->frame p50 {res['stream_latency_p50_ms']:.1f} ms p95 {res['stream_latency_p95_ms']:.1f} ms, "
@@ -130,38 +122,31 @@ def stream_paced(sp, wav: np.ndarray, chunk: int) -> dict:
     return {"p50_ms": 1000 * float(np.median(lat)), "p95_ms": 1000 * float(np.percentile(lat, 95)), "frames": len(lat)}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    ap.add_argument("--run", default=None, help="trained run folder (default: build the tiny test avatar)")
-    ap.add_argument("--size", type=int, default=64, help="image size of the tiny avatar when --run is not given")
-    ap.add_argument("--features", choices=("phonetic+spectral", "synthetic"), default="phonetic+spectral",
-                    help="audio features of the tiny avatar when --run is not given (default: the real extractor)")
-    ap.add_argument("--audio", default=None, help="audio file (default: a synthetic speech-like signal)")
-    ap.add_argument("--seconds", type=float, default=8.0, help="seconds of audio to render")
+    ap.add_argument("--run", default=None, help="trained run folder (default: the real-data fixture run)")
+    ap.add_argument("--audio", default=None, help=f"audio file (default: {DEFAULT_AUDIO.name})")
+    ap.add_argument("--seconds", type=float, default=6.0, help="seconds of audio to render")
     ap.add_argument("--batch", type=int, default=8)
-    args = ap.parse_args()
+    ap.add_argument("--repeats", type=int, default=5, help="timed runs after a warm-up (median reported)")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="bench output folder (fixture run cached there)")
+    args = ap.parse_args(argv)
 
     import torch
 
-    run = Path(args.run) if args.run else None
-    if run is None:
-        from avatar.testing import make_tiny_run
-
-        run = Path(tempfile.mkdtemp(prefix="bench_speak_run_")) / "tiny"
-        t0 = time.perf_counter()
-        make_tiny_run(run, size=args.size, features=args.features)
-        print(f"built the tiny avatar ({args.size} px, {args.features} features) in {time.perf_counter() - t0:.1f} s: {run}")
-    audio, wav = _audio(args.audio, args.seconds)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {len(wav) / SR:.1f} s of audio")
-    out: dict = {"bench": "speak", "run": str(run)}
-    out["cpu"] = bench_device(run, "cpu", audio, wav, args.batch)
+    run = Path(args.run) if args.run else fixture_run(args.out)
+    audio, wav = _audio(args.audio, args.seconds, args.out)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {len(wav) / SR:.1f} s of audio; run {run}")
+    out: dict = {"bench": "speak", "run": str(run), "audio": str(args.audio or DEFAULT_AUDIO),
+                 "machine": machine("cuda" if torch.cuda.is_available() else "cpu")}  # before the engine changes threads
+    out["cpu"] = bench_device(run, "cpu", audio, wav, args.batch, args.repeats, args.out)
     if torch.cuda.is_available():
-        out["gpu"] = bench_device(run, "cuda", audio, wav, max(args.batch, 32))
+        out["gpu"] = bench_device(run, "cuda", audio, wav, max(args.batch, 32), args.repeats, args.out)
         out["gpu"]["name"] = torch.cuda.get_device_name(0)
     else:
         print("[gpu] skipped: CUDA is not available")
         out["gpu"] = "skipped: no CUDA"
-    print(json.dumps(out))
+    emit(out, device="cuda" if torch.cuda.is_available() else "cpu")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,9 @@ See avatar/core/dataset_format.py for the dataset layout.
 Entry point: `avatar.preprocess.pipeline.run_preprocess(video, out_dir, cfg, force) -> DatasetInfo`
 (what `avatar preprocess` and `avatar fit` call), configured by `config.PreprocessConfig`.
 
+The driver (pipeline.py: plan, cache markers, dataset.json) runs the stage functions of stages.py and
+masks_stage.py (each checks what it wrote), which call the algorithms below.
+
 Stages (one module each, typed inputs and outputs, run and cached by `pipeline`):
     decode      decode.py          25 fps frames from timestamps + 16 kHz mono audio aligned to frame 0
     landmarks   landmarks.py       MediaPipe face mesh (478 points), gaps interpolated; FaceMeshTracker

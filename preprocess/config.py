@@ -6,8 +6,10 @@ import dataclasses
 from pathlib import Path
 from typing import Literal
 
+from avatar.core.dataset_format import VAL_SHARE
+
 FeatureKind = Literal["phonetic+spectral", "wav2vec2", "hubert"]
-"""Audio feature extractors (see avatar.features.extract)."""
+"""Audio feature extractors (see avatar.features)."""
 
 
 @dataclasses.dataclass
@@ -15,7 +17,7 @@ class PreprocessConfig:
     """Configuration of the preprocessing pipeline (video -> dataset folder)."""
 
     resolution: int = 512
-    """Target size of the frames' SHORT side in pixels; larger videos are downscaled (aspect kept, never upscaled)."""
+    """Size of the frames' LONGER side in pixels (as `DataConfig.resolution` in training); larger videos are downscaled (aspect kept, never upscaled)."""
     fps: float = 25.0
     """Dataset frame rate; the source is resampled to it from timestamps (nearest source frame per output time)."""
     jpeg_quality: int = 95
@@ -54,5 +56,5 @@ class PreprocessConfig:
     """Also write preview/contact_sheet.jpg and preview/overlay.mp4 (landmarks, pose axes, masks)."""
     preview_seconds: float = 6.0
     """Length of the overlay preview video in seconds."""
-    val_share: float = 1.0 / 11.0
+    val_share: float = VAL_SHARE
     """Share of frames (at the end of the clip) held out for validation, as ER-NeRF does."""

@@ -10,8 +10,9 @@ audio starts late we drop the leading video frames. Output frame k shows time T0
 source frame whose pts is nearest to it (a variable-rate source is handled the same way), and
 audio.wav holds exactly num_frames/fps seconds starting at T0.
 
-Size. Frames are resized (aspect kept, area filter) so their SHORT side equals `resolution`, never
-upscaled, and both sides are rounded to even numbers (H.264 previews need them). No crop: the
+Size. Frames are resized (aspect kept, area filter) so their LONGER side equals `resolution` (the one
+meaning of "resolution" in avatar, `avatar.core.dataset_format.render_size`), never upscaled, and both
+sides are rounded to even numbers (H.264 previews need them). No crop: the
 dataset keeps the whole field of view, and `width`/`height` in dataset.json say what it is.
 
 Memory. Frames are streamed from the decoder to JPEG files one at a time (a small thread pool
@@ -132,8 +133,11 @@ def probe_video(path: str | os.PathLike) -> VideoProbe:
 
 
 def target_size(width: int, height: int, resolution: int) -> tuple[int, int]:
-    """(w, h) with the short side == resolution (never upscaled), aspect kept, both even."""
-    s = min(1.0, resolution / min(width, height))
+    """(w, h) with the longer side == resolution (never upscaled), aspect kept, both even.
+
+    It used to be the short side; both agree for square videos, and a dataset folder of a non-square
+    video made that way redoes its decode stage when resumed (preprocess/pipeline.py `_stage_key`)."""
+    s = min(1.0, resolution / max(width, height))
     w = max(2, int(round(width * s / 2)) * 2)
     h = max(2, int(round(height * s / 2)) * 2)
     return w, h

@@ -185,7 +185,6 @@ def fit_pose(lm2d: np.ndarray, depth: np.ndarray, width: int, height: int, fov_d
              shape_prior: float = 1.0, iters: int = 100, progress: bool = True) -> tuple[CameraPose, PoseQuality]:
     """Bundle-adjust shape, poses and focal on landmarks [N, 478, 2] (+ MediaPipe depth [N, 478] px)."""
     import torch
-    from tqdm import tqdm
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # thousands of tiny ops: thread hand-off costs more than it saves (20x here)

@@ -12,5 +12,5 @@ fi
 "$PY" -m pip install --no-build-isolation -e ".[test]"
 if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
-    || echo "install.sh: could not install Debian chromium; the browser test will be skipped"
+    || echo "install.sh: could not install Debian chromium; the browser test will skip (fail under AVATAR_REQUIRE=browser)"
 fi

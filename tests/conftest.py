@@ -1,7 +1,19 @@
-"""Shared pytest fixtures.
+"""Shared pytest fixtures and the one rule for missing inputs.
 
-Real media lives in ../shared/data (never inside the package). Tests that need it use the
-`shared_data` fixture, which skips with a reason when the folder is absent.
+Real media lives in ../shared/data (never inside the package; AVATAR_SHARED_DATA points elsewhere).
+
+Missing inputs: a test whose input is absent calls `require(kind, reason)`. Kinds:
+
+    data     the real clips and audio under ../shared/data
+    ext      the compiled C++ extension cuda_ext._C (and the C++ compiler it needs)
+    nvcc     the CUDA toolkit's nvcc compiler and headers
+    browser  headless Chromium and Python playwright (the viewer's browser test)
+
+On a developer machine `require` skips with the reason. When the kind is listed in AVATAR_REQUIRE
+(comma separated; `.ci/run` sets AVATAR_REQUIRE=data,ext,nvcc,browser) it FAILS instead: in CI every
+one of these exists, so a skip would turn a broken build or a lost file into a green run. Hard Python
+dependencies (torch, av, mediapipe, transformers, ...) are imported directly, never skipped. Only GPU
+tests skip on their own, with the reason "no CUDA device".
 """
 
 from __future__ import annotations
@@ -13,21 +25,54 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("AVATAR_SHARED_DATA", ROOT.parent / "shared" / "data"))
+REQUIRE_KINDS = ("data", "ext", "nvcc", "browser")
+
+
+def required_kinds() -> set[str]:
+    """The kinds listed in AVATAR_REQUIRE (an unknown name is an error, so a typo cannot relax CI)."""
+    kinds = {k.strip() for k in os.environ.get("AVATAR_REQUIRE", "").split(",") if k.strip()}
+    unknown = kinds - set(REQUIRE_KINDS)
+    if unknown:
+        raise pytest.UsageError(f"AVATAR_REQUIRE: unknown kind(s) {sorted(unknown)}; choose from {', '.join(REQUIRE_KINDS)}")
+    return kinds
+
+
+def pytest_configure(config):
+    required_kinds()  # fail at start-up on a misspelt AVATAR_REQUIRE
+
+
+def require(kind: str, reason: str):
+    """An input of `kind` is missing: fail when AVATAR_REQUIRE lists `kind`, skip (with `reason`) otherwise."""
+    if kind not in REQUIRE_KINDS:
+        raise ValueError(f"unknown require kind {kind!r}; choose from {REQUIRE_KINDS}")
+    if kind in required_kinds():
+        pytest.fail(f"AVATAR_REQUIRE includes {kind!r} but: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def require_ext():
+    """The compiled extension module cuda_ext._C (require('ext') when it did not build)."""
+    from cuda_ext import _backend
+
+    ext = _backend.load_ext()
+    if ext is None:
+        require("ext", "cuda_ext._C is not built (pip install --no-build-isolation -e .)")
+    return ext
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """Path of ../shared/data (skips the test when it is absent)."""
+    """Path of ../shared/data (require('data') when it is absent)."""
     if not (SHARED_DATA / "video").is_dir():
-        pytest.skip(f"real data not found at {SHARED_DATA} (set AVATAR_SHARED_DATA or place ../shared/data)")
+        require("data", f"real data not found at {SHARED_DATA} (set AVATAR_SHARED_DATA or place ../shared/data)")
     return SHARED_DATA
 
 
 def shared_file(rel: str) -> Path:
-    """Path of one file under ../shared/data, skipping the test when it is missing."""
+    """Path of one file under ../shared/data (require('data') when it is missing)."""
     p = SHARED_DATA / rel
     if not p.is_file():
-        pytest.skip(f"real data file missing: {p}")
+        require("data", f"real data file missing: {p}")
     return p
 
 
@@ -150,3 +195,19 @@ def probe_times(path):
                 astart = float(f.pts * f.time_base)
                 break
     return vt, astart
+
+
+def pose_fit_errors(info) -> tuple[float, float]:
+    """(mean reprojection error in px of all 478 face-mesh points, mean frame-to-frame head rotation in
+    degrees) of a preprocessed dataset, recomputed here from pose.npz and landmarks.npy by the pinhole
+    projection u = f x/z + cx (independent of the figures the pipeline reports about itself)."""
+    import numpy as np
+    from scipy.spatial.transform import Rotation
+
+    cam = info.camera_pose()
+    lm = np.asarray(info.landmarks(), np.float64)  # [N, 478, 2]
+    x = np.einsum("nij,kj->nki", cam.R, cam.shape3d) + cam.t[:, None]  # [N, 478, 3] camera frame
+    uv = x[..., :2] / x[..., 2:3] * cam.focal + np.array([cam.cx, cam.cy])
+    reproj = float(np.linalg.norm(uv - lm, axis=-1).mean())
+    steps = Rotation.from_matrix(np.einsum("nji,njk->nik", cam.R[:-1], cam.R[1:])).magnitude()  # [N-1] rad
+    return reproj, float(np.degrees(steps).mean())

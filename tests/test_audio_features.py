@@ -1,4 +1,4 @@
-"""Audio features (avatar/features/extract.py): alignment, robustness, chunking, SSL loading, import."""
+"""Audio features (avatar/features/): alignment, robustness, chunking, SSL loading, import."""
 
 from __future__ import annotations
 
@@ -8,9 +8,12 @@ import numpy as np
 import pytest
 
 from avatar.errors import AvatarError
-from avatar.features import extract as af
+from conftest import shared_file
+import avatar.features as af
+from avatar.core.audio import SAMPLE_RATE, load_audio
+from avatar.features import phonetic
 
-SR = af.SAMPLE_RATE
+SR = SAMPLE_RATE
 SPEECH = ["ip_lap_audio2.wav", "dreamtalk_french1.wav", "sadtalker_japanese.wav", "sadtalker_chinese_news.wav",
           "sadtalker_deyu.wav"]
 
@@ -117,13 +120,13 @@ def test_reused_phone_decoder_equals_a_fresh_one():
         voice = sum(np.sin(h * ph) / h for h in range(1, 12)) * (0.55 + 0.45 * np.sin(2 * np.pi * (3 + i / 2) * t))
         x = (0.05 + 0.05 * i) * voice + 0.01 * (i % 3) * rng.standard_normal(len(t))
         segs.append(x[: int((1.0 + 0.08 * i) * SR)].astype(np.float32))
-    fresh = [af._decode_phones(x, decoder=af._new_phone_decoder()) for x in segs]
+    fresh = [phonetic._decode_phones(x, decoder=phonetic._new_phone_decoder()) for x in segs]
     for x, ref in zip(segs + segs[::-1], fresh + fresh[::-1]):  # every segment after different audio
-        np.testing.assert_array_equal(af._decode_phones(x), ref)
-    assert af._phone_decoder() is af._phone_decoder()  # built once per thread
+        np.testing.assert_array_equal(phonetic._decode_phones(x), ref)
+    assert phonetic._phone_decoder() is phonetic._phone_decoder()  # built once per thread
     # the reset matters: the same decoder without it carries state over and disagrees somewhere
-    dec = af._new_phone_decoder()
-    assert any(not np.array_equal(af._decode_phones(x, decoder=dec), ref) for x, ref in zip(segs, fresh))
+    dec = phonetic._new_phone_decoder()
+    assert any(not np.array_equal(phonetic._decode_phones(x, decoder=dec), ref) for x, ref in zip(segs, fresh))
 
 
 def test_bad_arguments():
@@ -158,10 +161,8 @@ def test_mel_filterbank_shape_and_coverage():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", SPEECH)
 def test_real_speech(shared_data, name):
-    path = shared_data / "audio" / name
-    if not path.is_file():
-        pytest.skip(f"missing {path}")
-    wav = af.load_wav_16k(path)
+    path = shared_file(f"audio/{name}")
+    wav = load_audio(path)
     n = af.frames_for_duration(len(wav), 25.0)
     feats, meta = af.extract_features(wav, n, 25.0)
     s = _sections(meta)
@@ -177,10 +178,8 @@ def test_real_speech(shared_data, name):
 
 @pytest.mark.slow
 def test_real_speech_chunked(shared_data):
-    path = shared_data / "audio" / "ip_lap_audio2.wav"
-    if not path.is_file():
-        pytest.skip(f"missing {path}")
-    wav = af.load_wav_16k(path)
+    path = shared_file("audio/ip_lap_audio2.wav")
+    wav = load_audio(path)
     n = af.frames_for_duration(len(wav), 25.0)
     a, meta = af.extract_features(wav, n, 25.0)
     c, _ = af.extract_features_chunked(wav, 25.0, chunk_s=8.0)
@@ -194,8 +193,8 @@ def test_real_speech_chunked(shared_data):
 
 
 def _tiny_ssl(tmp_path, family: str, with_preprocessor: bool):
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    import torch
+    import transformers
     torch.manual_seed(0)
     kw = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
               conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)

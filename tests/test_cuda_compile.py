@@ -1,5 +1,6 @@
 """Every CUDA source compiles with nvcc (no GPU and no CUDA torch needed: the .cu files include no
-torch headers). CI runs this on machines that have the CUDA toolkit."""
+torch headers). Needs the CUDA toolkit: conftest `require('nvcc')` (a failure in CI, where
+AVATAR_REQUIRE lists nvcc)."""
 
 from __future__ import annotations
 
@@ -10,16 +11,31 @@ from pathlib import Path
 
 import pytest
 
+from conftest import require
+
 CSRC = Path(__file__).resolve().parents[1] / "cuda_ext" / "csrc"
 CU_FILES = sorted(CSRC.glob("*.cu"))
 
 
-@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc (CUDA toolkit) not found on PATH")
+def _nvcc() -> str:
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        require("nvcc", "nvcc (CUDA toolkit) not found on PATH")
+    return nvcc
+
+
+def _cxx() -> str:
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        require("ext", "no C++ compiler on PATH (the extension cannot build without one)")
+    return cxx
+
+
 @pytest.mark.parametrize("cu", CU_FILES, ids=[p.name for p in CU_FILES])
 def test_nvcc_compiles(cu, tmp_path):
     from cuda_ext.build import NVCC_FLAGS
 
-    cmd = ["nvcc", "-c", str(cu), "-o", str(tmp_path / (cu.stem + ".o")), "-I", str(CSRC), *NVCC_FLAGS]
+    cmd = [_nvcc(), "-c", str(cu), "-o", str(tmp_path / (cu.stem + ".o")), "-I", str(CSRC), *NVCC_FLAGS]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"nvcc failed on {cu.name}:\n{proc.stderr[-4000:]}"
     assert (tmp_path / (cu.stem + ".o")).stat().st_size > 0
@@ -31,9 +47,7 @@ def test_there_are_cuda_sources():
 
 def test_core_header_compiles_as_plain_cpp(tmp_path):
     """core.h must build with g++ alone (no CUDA): the CE_HD macro guard."""
-    cxx = shutil.which("g++") or shutil.which("c++")
-    if cxx is None:
-        pytest.skip("no C++ compiler on PATH")
+    cxx = _cxx()
     src = tmp_path / "core_check.cpp"
     src.write_text('#include "core.h"\nint main() { float q[4] = {0, 0, 0, 0}, R[9], n[4];'
                    " ce::quat_to_rotmat(q, R, n); return R[0] == 1.f ? 0 : 1; }\n")
@@ -44,7 +58,6 @@ def test_core_header_compiles_as_plain_cpp(tmp_path):
     assert subprocess.run([str(exe)]).returncode == 0  # zero quaternion -> identity
 
 
-@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc (CUDA toolkit) not found on PATH")
 def test_cuda_bindings_compile(tmp_path):
     """ext.cpp with CE_WITH_CUDA (the CUDA dispatch path) type-checks against torch's headers and the
     toolkit's, even with a CPU torch (whose wheel lacks one generated CUDA header: stubbed here)."""
@@ -52,15 +65,14 @@ def test_cuda_bindings_compile(tmp_path):
 
     from torch.utils.cpp_extension import CUDA_HOME, include_paths
 
-    cxx = shutil.which("g++") or shutil.which("c++")
-    if cxx is None:
-        pytest.skip("no C++ compiler on PATH")
+    nvcc = _nvcc()
+    cxx = _cxx()
     homes = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), CUDA_HOME, "/usr/local/cuda",
-             str(Path(shutil.which("nvcc")).resolve().parents[1])]
+             str(Path(nvcc).resolve().parents[1])]
     incs = [Path(h) / "include" for h in homes if h]
     cuda_inc = next((p for p in incs if (p / "cuda_runtime_api.h").is_file()), None)
     if cuda_inc is None:
-        pytest.skip(f"CUDA headers (cuda_runtime_api.h) not found under {[str(p) for p in incs]}")
+        require("nvcc", f"CUDA headers (cuda_runtime_api.h) not found under {[str(p) for p in incs]}")
     stub = tmp_path / "c10" / "cuda" / "impl"
     stub.mkdir(parents=True)
     (stub / "cuda_cmake_macros.h").write_text("#pragma once\n")

@@ -31,12 +31,13 @@ def _beep_onset(wav):
 
 
 def test_target_size():
+    """`resolution` is the LONGER side (as `DataConfig.resolution` in training), sides rounded to even."""
     assert target_size(512, 512, 512) == (512, 512)
-    assert target_size(1920, 1080, 512) == (910, 512)  # short side -> 512, even sides
-    assert target_size(1080, 1920, 512) == (512, 910)
+    assert target_size(1920, 1080, 512) == (512, 288)  # long side -> 512 (scale 4/15), 1080 * 4/15 = 288
+    assert target_size(1080, 1920, 512) == (288, 512)
     assert target_size(256, 256, 512) == (256, 256)  # never upscaled
-    w, h = target_size(4000, 3000, 512)
-    assert h == 512 and w % 2 == 0 and abs(w / h - 4 / 3) < 0.01
+    assert target_size(4000, 3000, 512) == (512, 384)
+    assert target_size(1280, 720, 500) == (500, 282)  # 720 * 500/1280 = 281.25 -> the even 282
 
 
 @pytest.mark.parametrize("src_fps", [30.0, 50.0, 24.0, 60.0])
@@ -90,9 +91,10 @@ def test_variable_frame_rate(tmp_path):
 def test_large_resolution_is_downscaled(tmp_path):
     video = tmp_path / "big.mp4"
     write_synthetic_video(video, n_frames=30, fps=25.0, width=1920, height=1080, audio=False)
-    res = decode_video(video, tmp_path / "frames", resolution=256, fps=25.0, with_audio=False, min_duration=1.0, progress=False)
+    # resolution is the LONGER side (as in training): 1920x1080 at 480 is a quarter, 480x270
+    res = decode_video(video, tmp_path / "frames", resolution=480, fps=25.0, with_audio=False, min_duration=1.0, progress=False)
     img = cv2.imread(str(tmp_path / "frames" / "000000.jpg"))
-    assert img.shape[:2] == (256, 456) == (res.height, res.width)
+    assert img.shape[:2] == (270, 480) == (res.height, res.width)
     assert read_frame_code(cv2.cvtColor(cv2.imread(str(tmp_path / "frames" / "000007.jpg")), cv2.COLOR_BGR2RGB)) == 7
 
 

@@ -12,7 +12,7 @@ import torch
 from avatar.errors import AvatarError
 from avatar.engine.runtime import Avatar
 from avatar.testing import make_tiny_run
-from avatar.train.losses import psnr, ssim, ssim_map
+from avatar.evaluation.metrics import psnr, ssim, ssim_map
 
 
 @pytest.fixture(scope="module")
@@ -110,29 +110,80 @@ def test_eval_cli_json_and_side_by_side(tiny_run, capsys):
     assert "head PSNR" in capsys.readouterr().out
 
 
-def test_eval_audio_hook(tiny_run, capsys, monkeypatch):
-    import sys
-    import types
+def test_eval_audio_runs_the_real_lipsync(tiny_run, tmp_path, capsys):
+    """`avatar eval RUN --audio A` runs the real lip-sync evaluation (no stand-in module): 2.0 s of audio at
+    the run's 25 fps is 50 rendered frames, the reference is the run's own training clip; without --json
+    the figures are printed as a table; a missing audio file is a one-line error."""
+    import soundfile as sf
+
+    from avatar.cli import main
+    from test_speak_support import SR, talking_wav
+
+    a = tmp_path / "a.wav"
+    sf.write(str(a), talking_wav(2.0), SR)
+    assert main(["eval", str(tiny_run), "--audio", str(a), "--device", "cpu", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["frames"] == 50 and r["fps"] == 25.0 and r["gt_source"] == str((tiny_run / "data").resolve())
+    assert main(["eval", str(tiny_run), "--audio", str(a), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "AV offset" in out and "real AV corr" in out and str(r["av_offset_frames"]) in out
+    assert main(["eval", str(tiny_run), "--audio", str(tmp_path / "missing.wav"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "missing.wav" in err[0]
+
+
+def test_eval_audio_passes_device_to_the_avatar(tiny_run, tmp_path, monkeypatch, capsys):
+    """`avatar eval RUN --audio A --device D` loads the avatar on D (the option used to be dropped on the
+    way to the lip-sync evaluation, which then always ran on "auto")."""
+    import numpy as np
+    import soundfile as sf
 
     from avatar.cli import main
 
-    monkeypatch.setitem(sys.modules, "avatar.evaluation.lipsync", None)  # not installed -> one-line error
-    assert main(["eval", str(tiny_run), "--audio", "x.wav"]) == 2
-    assert "not available yet" in capsys.readouterr().err
-    seen = {}
-    fake = types.ModuleType("avatar.evaluation.lipsync")
-    fake.eval_audio = lambda run_dir, audio: seen.update(run=str(run_dir), audio=str(audio)) or {"sync_score": 1.5}
-    monkeypatch.setitem(sys.modules, "avatar.evaluation.lipsync", fake)
-    import avatar
+    wav = tmp_path / "a.wav"
+    sf.write(str(wav), np.zeros(16000, np.float32), 16000)
+    seen = []
 
-    # `import avatar.evaluation.lipsync as m` reads the package attribute first: set when an earlier test imported the real one
-    monkeypatch.setattr(avatar, "lipsync", fake, raising=False)
-    assert main(["eval", str(tiny_run), "--audio", "x.wav", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"sync_score": 1.5}
-    assert seen == {"run": str(tiny_run), "audio": "x.wav"}
-    # Without --json the lip-sync figures are printed as a table (they used to print nothing).
-    fake.eval_audio = lambda run_dir, audio: {"av_offset_frames": -3, "av_corr": 0.25, "gt_av_offset_frames": -2,
-                                              "gt_av_corr": 0.2, "frames": 50}
-    assert main(["eval", str(tiny_run), "--audio", "x.wav"]) == 0
-    out = capsys.readouterr().out
-    assert "AV offset" in out and "-3" in out and "0.2500" in out and "real AV corr" in out
+    def spy(cls, run_dir, device="auto"):
+        seen.append((str(run_dir), device))
+        raise AvatarError("stopped by the test after Avatar.load")
+
+    monkeypatch.setattr(Avatar, "load", classmethod(spy))
+    for device in ("cpu", "cuda:7"):
+        assert main(["eval", str(tiny_run), "--audio", str(wav), "--device", device]) == 2
+        assert "stopped by the test" in capsys.readouterr().err
+    assert seen == [(str(tiny_run), "cpu"), (str(tiny_run), "cuda:7")]
+
+
+def test_training_and_eval_read_the_same_held_out_frames(tiny_run):
+    """One held-out split and one resize: the frames the in-training PSNR uses (FitData) are the frames
+    `avatar eval` measures (HeldOutFrames), with identical pixels, labels and inputs."""
+    from avatar.core.config import from_dict
+    from avatar.core.dataset_format import load_dataset
+    from avatar.evaluation.evaluate import HeldOutFrames
+    from avatar.train.config import DataConfig
+    from avatar.train.data import FitData
+
+    av = Avatar.load(tiny_run, device="cpu")
+    info = load_dataset(tiny_run / "data")
+    assert info.num_frames == 24 and info.split["val"] == (22, 24)  # make_tiny_dataset: the last 24 // 11 frames
+    fit = FitData(info, from_dict(DataConfig, av.config["data"]), av.feature_window, "cpu", future=av.feature_future)
+    ev = HeldOutFrames(info, av)
+    assert ev.indices.tolist() == fit.val_idx.tolist() == [22, 23]
+    for k in ev.indices:
+        a, b = ev.batch(int(k)), fit.batch([int(k)])
+        for key in ("rgb", "labels", "feats", "viewmats", "blink"):
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
+def test_held_out_indices_falls_back_to_the_end_of_training():
+    """A dataset without val frames is evaluated on the last 1/11 of its training frames (at least one)."""
+    import dataclasses
+
+    from avatar.core.dataset_format import DatasetInfo, held_out_indices
+
+    base = DatasetInfo(root=None, fps=25.0, num_frames=24, width=64, height=64, split={"train": (0, 22), "val": (22, 24)},
+                       features={}, default_feature=None, has_audio=False, raw={})
+    assert held_out_indices(base).tolist() == [22, 23]
+    assert held_out_indices(dataclasses.replace(base, split={"train": (0, 22), "val": (22, 22)})).tolist() == [20, 21]
+    assert held_out_indices(dataclasses.replace(base, split={"train": (0, 5)})).tolist() == [4]

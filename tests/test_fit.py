@@ -48,9 +48,74 @@ def test_preset_two_iteration_smoke(name, tiny_data, tmp_path):
     assert any(p.name.startswith("events") for p in (run / "tb").iterdir())
 
 
-def test_preset_yaml_files_match_python_presets():
-    for name, make in PRESETS.items():
-        assert to_dict(load_yaml(FitConfig, CONFIG_DIR / f"{name}.yaml")) == to_dict(make()), name
+def _field_names(cls, prefix=""):
+    """Dotted names of every leaf field of a config dataclass, and the classes of the nested ones."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    names, classes = [], [cls]
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            sub, sub_classes = _field_names(hints[f.name], prefix + f.name + ".")
+            names += sub
+            classes += sub_classes
+        else:
+            names.append(prefix + f.name)
+    return names, classes
+
+
+def _leaf_keys(d, prefix=""):
+    out = []
+    for k, v in d.items():
+        out += _leaf_keys(v, prefix + k + ".") if isinstance(v, dict) else [prefix + k]
+    return out
+
+
+def test_presets_are_the_complete_yaml_files_in_configs():
+    """configs/NAME.yaml is the one source of each preset: the file names every FitConfig field (no
+    silent defaults), nothing else, and `get_preset` returns exactly what the file says."""
+    import yaml
+
+    assert CONFIG_DIR.name == "configs" and set(PRESETS) == {"cpu", "gpu", "tiny"}
+    fields, _ = _field_names(FitConfig)
+    for name in PRESETS:
+        raw = yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text())
+        assert sorted(_leaf_keys(raw)) == sorted(fields), name
+        cfg = get_preset(name)
+        assert isinstance(cfg, FitConfig) and to_dict(cfg) == raw, name
+        assert to_dict(get_preset(str(CONFIG_DIR / f"{name}.yaml"))) == raw  # by path too
+    # what the presets are for (their header comments): cpu 128 px on the CPU, gpu at the dataset's size
+    cpu, gpu = get_preset("cpu"), get_preset("gpu")
+    assert (cpu.device, cpu.data.resolution, cpu.model.sh_degree) == ("cpu", 128, 1)
+    assert (gpu.data.resolution, gpu.model.sh_degree) == (0, 2)
+
+
+def test_every_config_field_has_a_help_line():
+    """Every field of the fit and preprocess configs carries a docstring (it becomes its --help line)."""
+    import dataclasses
+
+    from avatar.core.config import field_docs
+    from avatar.preprocess.config import PreprocessConfig
+
+    for root in (FitConfig, PreprocessConfig):
+        for cls in _field_names(root)[1]:
+            missing = [f.name for f in dataclasses.fields(cls) if not field_docs(cls).get(f.name)]
+            assert not missing, f"{cls.__name__}: no docstring under {missing}"
+
+
+def test_resolution_is_the_long_side_in_preprocessing_and_training():
+    """One meaning of `resolution`: 1920x1080 at 480 is 480x270 (scale 1/4) for the dataset frames and
+    for training; a square frame is unchanged in both; never upscaled."""
+    from avatar.core.dataset_format import render_size
+    from avatar.preprocess.decode import target_size
+
+    assert target_size(1920, 1080, 480) == (480, 270)
+    assert render_size(1920, 1080, 480) == (480, 270, 0.25)
+    assert target_size(1080, 1920, 480) == (270, 480) and render_size(1080, 1920, 480)[:2] == (270, 480)
+    assert target_size(512, 512, 256) == (256, 256) and render_size(512, 512, 256)[:2] == (256, 256)
+    assert target_size(640, 360, 1024) == (640, 360) and render_size(640, 360, 1024) == (640, 360, 1.0)
+    assert render_size(640, 360, 0) == (640, 360, 1.0)
 
 
 def test_unknown_config_field_is_a_one_line_error():

@@ -79,6 +79,51 @@ def test_atomic_write_leaves_nothing_on_error(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]  # no temp file left behind
 
 
+@pytest.fixture
+def umask():
+    """Set the process umask for one test and restore the old one afterwards."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        yield os.umask
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.parametrize("mask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700), (0o002, 0o664, 0o775)])
+def test_outputs_get_the_umask_mode(tmp_path, umask, mask, file_mode, dir_mode):
+    """Every output (metrics.json, config.yaml, .npy, a writer-by-path file like .ply, mp4, PNG-sequence
+    folder) gets the mode `open(..., "w")` / `mkdir` gives under the user's umask (0666 / 0777 & ~umask),
+    not the 0600 / 0700 of a private temporary file."""
+    import os
+    import stat
+
+    from avatar.core.io import save_npy_atomic
+    from avatar.core.video_writer import PngSequenceWriter, VideoWriter
+
+    umask(mask)
+    mode = lambda p: stat.S_IMODE(os.stat(p).st_mode)  # noqa: E731
+    write_json_atomic(tmp_path / "metrics.json", {"psnr": 30.0})
+    save_yaml(_Outer(), tmp_path / "config.yaml")
+    save_npy_atomic(tmp_path / "a.npy", np.zeros(3))
+    with atomic_path(tmp_path / "head.ply") as tmp:  # a writer that opens the path itself (plyfile, cv2)
+        with open(tmp, "wb") as f:
+            f.write(b"ply\n")
+    vw = VideoWriter(tmp_path / "out.mp4", 16, 16, 25.0, num_frames=2)
+    vw.write(np.zeros((2, 16, 16, 3), np.uint8))
+    vw.close()
+    pw = PngSequenceWriter(tmp_path / "seq", 8, 8, 25.0, num_frames=1)
+    pw.write(np.zeros((1, 8, 8, 4), np.uint8))
+    pw.close()
+    for name in ("metrics.json", "config.yaml", "a.npy", "head.ply", "out.mp4", "seq/000000.png", "seq/sequence.json"):
+        assert mode(tmp_path / name) == file_mode, (name, oct(mode(tmp_path / name)))
+    assert mode(tmp_path / "seq") == dir_mode
+    # the reference: what a plain new file gets under this umask
+    (tmp_path / "plain").write_text("x")
+    assert mode(tmp_path / "plain") == file_mode
+
+
 def _write_min_dataset(root: Path, n: int = 4, h: int = 8, w: int = 6) -> None:
     import cv2
 
@@ -146,3 +191,36 @@ def test_console_mutes_native_stderr_but_not_python(tmp_path):
     assert "python-line" in quiet.stderr and "native-line" not in quiet.stderr
     loud = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**env, "AVATAR_VERBOSE": "1"}, timeout=60)
     assert "python-line" in loud.stderr and "native-line" in loud.stderr
+
+
+def test_missing_required_input_fails_instead_of_skipping(tmp_path):
+    """conftest `require`: a missing data file (AVATAR_SHARED_DATA pointing at an empty folder) or extension
+    skips on a developer machine and FAILS when AVATAR_REQUIRE lists its kind (as .ci/run sets it); a
+    misspelt kind is a usage error, so a typo cannot relax CI."""
+    import os
+
+    tests_dir = Path(__file__).resolve().parent
+    (tmp_path / "test_needs.py").write_text(
+        "from conftest import require, shared_file\n\n"
+        "def test_needs_data(shared_data):\n    shared_file('video/may_5s.mp4')\n\n"
+        "def test_needs_ext():\n    require('ext', 'pretend the extension did not build')\n")
+
+    def run(require: str | None) -> tuple[int, str]:
+        env = {k: v for k, v in os.environ.items() if k != "AVATAR_REQUIRE"}
+        env |= {"AVATAR_SHARED_DATA": str(tmp_path / "nodata"), "PYTHONPATH": str(tests_dir)}
+        if require is not None:
+            env["AVATAR_REQUIRE"] = require
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "conftest", "-p", "no:cacheprovider",
+                               str(tmp_path / "test_needs.py")], capture_output=True, text=True, env=env,
+                              cwd=tmp_path, timeout=120)
+        return proc.returncode, proc.stdout + proc.stderr
+
+    rc, out = run(None)
+    assert rc == 0 and "2 skipped" in out and "real data not found" in out
+    rc, out = run("data,ext,nvcc,browser")  # a failing fixture is reported as an error, a failing test as failed
+    assert rc == 1 and "skipped" not in out and "1 error" in out and "1 failed" in out
+    assert "AVATAR_REQUIRE includes 'data'" in out and "AVATAR_REQUIRE includes 'ext'" in out
+    rc, out = run("data")
+    assert rc == 1 and "1 error" in out and "1 skipped" in out
+    rc, out = run("dta")
+    assert rc != 0 and "unknown kind" in out

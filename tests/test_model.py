@@ -151,13 +151,18 @@ def test_deformers_start_as_identity():
 
 
 def test_mouth_motion_is_mostly_vertical():
-    torch.manual_seed(0)
-    md = MouthDeformer(audio_dim=4, levels=2, log2_table=8)
-    with torch.no_grad():
-        md.net[-1].weight.fill_(1.0)
-    o = md(torch.rand(5, 3), torch.randn(2, 4).abs())
-    torch.testing.assert_close(o[..., 1], o[..., 0] * 0.2)
-    assert math.isclose(float((o[..., 2] / o[..., 0]).mean()), 0.2, rel_tol=1e-5)
+    """The mouth interior opens and closes: with random (trained-like) last-layer weights, over many points
+    and audio codes, the sideways and front-back motion stay well below the vertical motion (RMS < half)."""
+    rms = torch.zeros(3)
+    for seed in range(4):
+        torch.manual_seed(seed)
+        md = MouthDeformer(audio_dim=4, levels=2, log2_table=8)
+        with torch.no_grad():
+            md.net[-1].weight.normal_()
+        o = md(torch.rand(200, 3), torch.randn(8, 4))  # [8, 200, 3] (up, right, front)
+        rms += o.detach().pow(2).mean(dim=(0, 1))
+    up, right, front = rms.sqrt().tolist()
+    assert up > 0 and right < 0.5 * up and front < 0.5 * up
 
 
 def test_densify_strategy_clone_split_prune_keeps_optimizer_aligned():

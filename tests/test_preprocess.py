@@ -10,11 +10,11 @@ import pytest
 import soundfile as sf
 
 from avatar.cli import main as cli_main
-from avatar.core.dataset_format import MASK_LABELS, load_dataset
+from avatar.core.dataset_format import MASK_LABELS, load_dataset, split_ranges
 from avatar.errors import AvatarError
 from avatar.preprocess.config import PreprocessConfig
-from avatar.preprocess.pipeline import MARKER_DIR, STAGES, run_preprocess, split_ranges
-from conftest import shared_file, write_synthetic_video
+from avatar.preprocess.pipeline import MARKER_DIR, STAGES, run_preprocess
+from conftest import pose_fit_errors, shared_file, write_synthetic_video
 
 
 def _cli(capsys, *argv) -> tuple[int, str]:
@@ -37,6 +37,7 @@ def test_split_ranges():
     assert split_ranges(1100, 1 / 11) == {"train": [0, 1000], "val": [1000, 1100]}
     s = split_ranges(125, 1 / 11)
     assert s["train"] == [0, 113] and s["val"] == [113, 125]
+    assert split_ranges(2, 1 / 11) == {"train": [0, 1], "val": [1, 2]}  # both parts keep a frame
 
 
 def test_cli_no_such_file(tmp_path, capsys):
@@ -145,11 +146,12 @@ def test_may_end_to_end(may_dataset):
     assert sr == 16000 and wav.ndim == 1 and abs(len(wav) / sr - n / 25) <= 1 / 25
     # landmarks on every frame
     assert info.landmarks().shape == (n, 478, 2) and raw["quality"]["faces_found"] == n
-    # pose under the thresholds
+    # pose: the rigid head model reprojects onto the tracked points within a few pixels at 512² (measured
+    # 1.5 px mean over all 478 points) and the head turns smoothly (measured 0.7 deg per frame; a speaker's
+    # head turning 2 deg every 40 ms = 50 deg/s all the time would be a tracking failure)
+    reproj, rot_step = pose_fit_errors(info)
+    assert reproj < 2.5 and rot_step < 2.0
     q = raw["quality"]
-    assert q["reproj_px"] < q["pose_thresholds"]["reproj_px"]
-    assert q["rot_jitter_deg"] < q["pose_thresholds"]["rot_jitter_deg"]
-    assert q["trans_jitter_rel"] < q["pose_thresholds"]["trans_jitter_rel"]
     cam = info.camera_pose()
     assert cam.R.shape == (n, 3, 3) and (cam.t[:, 2] > 0).all() and cam.focal == raw["camera"]["focal"]
     # features: one row per frame
@@ -206,7 +208,8 @@ def test_masks_stage_same_in_process_and_in_worker_processes(may_dataset, tmp_pa
 
     import cv2
 
-    from avatar.preprocess.pipeline import StageContext, stage_masks
+    from avatar.preprocess.masks_stage import stage_masks
+    from avatar.preprocess.stages import StageContext
 
     video, info = may_dataset
 
@@ -284,8 +287,7 @@ def test_no_audio_dataset(tmp_path, shared_data):
     assert not info.has_audio and info.default_feature is None and info.features == {}
     assert not (out / "audio.wav").exists() and (info.width, info.height) == (256, 256)
     assert info.raw["quality"]["faces_found"] == info.num_frames == 125
-    q = info.raw["quality"]
-    assert q["reproj_px"] < q["pose_thresholds"]["reproj_px"]  # threshold scales with the frame size
+    assert pose_fit_errors(info)[0] < 1.25  # test_may_end_to_end's 2.5 px at 512², halved at 256²
 
 
 @pytest.mark.slow
@@ -324,10 +326,8 @@ def test_macron_resampled_and_in_sync(macron_dataset):
     lag, corr = av_offset(mouth_opening(np.asarray(info.landmarks())), wav, sr, 25.0)
     assert abs(lag) <= 1 and corr > 0.15
     assert raw["quality"]["faces_found"] == n  # landmarks on every frame
-    q = raw["quality"]
-    assert q["reproj_px"] < q["pose_thresholds"]["reproj_px"]
-    assert q["rot_jitter_deg"] < q["pose_thresholds"]["rot_jitter_deg"]
-    assert q["trans_jitter_rel"] < q["pose_thresholds"]["trans_jitter_rel"]
+    reproj, rot_step = pose_fit_errors(info)  # as in test_may_end_to_end, at 256²: half the pixel bound
+    assert reproj < 1.25 and rot_step < 2.0
     assert info.feature().shape[0] == n
 
 

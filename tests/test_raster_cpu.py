@@ -3,7 +3,7 @@
 The kernel runs in float32; the twin runs in float64 on the same (float32-representable) inputs.
 Scenes are drawn fresh each run (seed in every failure message; CUDA_EXT_TEST_SEED replays).
 Comparisons use `assert_close_robust` (tight elementwise tolerance, a tiny budget for alpha/T
-threshold flips). Skipped when the extension is not built.
+threshold flips). Needs the built extension: conftest `require_ext()`.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import torch
 
 import cuda_ext
 from cuda_ext import _backend
+from conftest import require_ext
 from test_raster_common import (
     assert_close_robust,
     camera,
@@ -22,7 +23,13 @@ from test_raster_common import (
     run_rasterize,
 )
 
-pytestmark = pytest.mark.skipif(_backend.load_ext() is None, reason="cuda_ext._C is not built (pip install -e .)")
+
+
+@pytest.fixture(autouse=True)
+def _compiled_ext():
+    """Every test here runs the compiled driver: require('ext') (skip, or fail under AVATAR_REQUIRE)."""
+    require_ext()
+
 
 F64 = torch.float64
 KEYS = ["image", "alpha", "depth", "v_means2d", "v_means", "v_quats", "v_scales", "v_opacities", "v_colors"]

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import cuda_ext
-from cuda_ext import _backend, _torch_impl
+from cuda_ext import _torch_impl
+from conftest import require_ext
 from test_raster_common import assert_close_robust, fresh_generator
 
 
@@ -43,9 +44,9 @@ def test_degree_zero_and_extra_coefficients_ignored():
         cuda_ext.spherical_harmonics(2, dirs, coeffs[:, :4], backend="torch")
 
 
-@pytest.mark.skipif(_backend.load_ext() is None, reason="cuda_ext._C is not built (pip install -e .)")
 @pytest.mark.parametrize("degree", [0, 1, 2, 3])
 def test_cpu_kernel_matches_twin(degree):
+    require_ext()
     gen = fresh_generator(100 + degree)
     dirs = torch.randn(300, 3, generator=gen) * 3
     dirs[0] = 0.0  # zero direction: finite, no NaN
@@ -64,9 +65,9 @@ def test_cpu_kernel_matches_twin(degree):
     assert res["cpu"][2][:, (degree + 1) ** 2 :].abs().sum() == 0
 
 
-@pytest.mark.skipif(_backend.load_ext() is None, reason="cuda_ext._C is not built (pip install -e .)")
 def test_cpu_kernel_broadcasting_shapes():
     """dirs [N, 3] with coeffs [B, N, K, C] broadcast like the twin."""
+    require_ext()
     dirs = torch.randn(5, 3)
     coeffs = torch.randn(2, 5, 9, 4)
     a = cuda_ext.spherical_harmonics(2, dirs, coeffs, backend="cpu")

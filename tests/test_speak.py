@@ -11,6 +11,7 @@ import pytest
 
 from avatar.cli import main
 from avatar.core.video_writer import probe_video
+from conftest import shared_file
 from test_audio_io import write_av
 from test_speak_support import SR, get_tiny_run, talking_wav, voice_like
 
@@ -70,7 +71,7 @@ KINDS = ["wav-16-16000-1", "wav-8-8000-1", "wav-24-48000-2", "wav-32-44100-2", "
 
 @pytest.fixture(scope="session")
 def speaker(avatar):
-    from avatar.engine.speak import SpeakConfig, Speaker
+    from avatar.engine import SpeakConfig, Speaker
 
     return Speaker(avatar, SpeakConfig(vad="energy"))
 
@@ -99,9 +100,7 @@ def test_real_audio_files_frame_exact(tiny_run, tmp_path, shared_data):
 
     names = ["dreamtalk_spanish1.wav", "sadtalker_imagine.wav", "sadtalker_itosinger1.wav"]  # 16k mono, 48k/24-bit stereo, 24k
     for name in names:
-        src = shared_data / "audio" / name
-        if not src.is_file():
-            pytest.skip(f"missing {src}")
+        src = shared_file(f"audio/{name}")
         out = tmp_path / f"{name}.mp4"
         assert speak(tiny_run, "--audio", src, "-o", out, "--device", "cpu", "--batch", "16") == 0
         info = probe_video(out)
@@ -119,12 +118,12 @@ def test_silence_closes_the_mouth(avatar):
     gap there is no wider than on the training clip's most-closed frames."""
     from avatar.core.dataset_format import load_dataset
     from avatar.evaluation.lipsync import gaussian_mouth_opening
-    from avatar.engine.speak import SpeakConfig, Speaker
+    from avatar.engine import SpeakConfig, Speaker
 
     wav = talking_wav(3.0, silence=(1.0, 2.0))
     sp = Speaker(avatar, SpeakConfig(vad="energy", blink="off"))
     frames = list(sp.frames(wav, record=True))
-    rec = sp._record
+    rec = sp.last_record
     speech = np.asarray(rec["speech"])
     feats = np.stack(rec["feats"])
     k = np.arange(len(frames))
@@ -132,7 +131,7 @@ def test_silence_closes_the_mouth(avatar):
     assert speech[quiet].max() == 0.0 and speech[(k / 25.0 < 0.8)].min() == 1.0
     np.testing.assert_allclose(feats[quiet], np.repeat(sp.stats.silent_row[None], quiet.sum(), 0), atol=1e-6)
     gap = gaussian_mouth_opening(avatar, avatar.feature_windows(feats), np.asarray(rec["blink"]))
-    info = load_dataset(avatar.core.dataset_format["root"])
+    info = load_dataset(avatar.dataset["root"])
     tr = np.asarray(info.feature(avatar.feature_meta["name"]), np.float32)
     gap_train = gaussian_mouth_opening(avatar, avatar.feature_windows(tr), np.zeros(len(tr)))
     assert gap[quiet].max() <= np.quantile(gap_train, 0.25) + 1e-4
@@ -150,7 +149,7 @@ def test_silence_only_audio_renders_closed_mouth(tiny_run, tmp_path, capsys):
 
 
 def test_orbit_changes_image_but_keeps_face_in_frame(avatar):
-    from avatar.engine.speak import SpeakConfig, Speaker
+    from avatar.engine import SpeakConfig, Speaker
 
     wav = talking_wav(1.6)
     base = [f.rgb for f in Speaker(avatar, SpeakConfig(pose="static", blink="off", vad="off", background="transparent")).frames(wav)]
@@ -175,7 +174,7 @@ def test_orbit_changes_image_but_keeps_face_in_frame(avatar):
 def test_orbit_turns_the_torso_with_the_head(avatar):
     """With a free-view camera the torso is seen from the new viewpoint too (no 2D torso layer): its
     alpha changes along the orbit, and stays identical frame to frame without one (static pose)."""
-    from avatar.engine.speak import SpeakConfig, Speaker
+    from avatar.engine import SpeakConfig, Speaker
 
     wav = talking_wav(1.6)
     kw = dict(pose="static", blink="off", vad="off", background="transparent")
@@ -233,12 +232,12 @@ def test_plate_reprojection_is_the_plane_homography(avatar):
     with no source take the edge pixel; an identity camera leaves the plate unchanged."""
     import torch
 
-    from avatar.engine.motion import about_pivot, euler_camera
-    from avatar.engine.runtime import PLATE_DEPTH_FACTOR, plate_homographies, reproject_plate
+    from avatar.core.camera import about_pivot, euler_camera
+    from avatar.engine.runtime import plate_homographies, reproject_plate
 
     K = avatar.K.double()
     D = avatar.plate_depth
-    assert D == pytest.approx(PLATE_DEPTH_FACTOR * float(avatar.train_viewmats[:, 2, 3].mean()))
+    assert D > float(avatar.train_viewmats[:, 2, 3].max())  # the plate is a wall behind the head, never in front
     rng = np.random.default_rng(0)
     cams = []
     for _ in range(4):
@@ -286,7 +285,7 @@ def test_plate_reprojection_is_the_plane_homography(avatar):
 
 
 def test_identity_camera_path_equals_no_camera(avatar, tmp_path):
-    from avatar.engine.speak import SpeakConfig, Speaker
+    from avatar.engine import SpeakConfig, Speaker
 
     wav = talking_wav(0.6)
     (tmp_path / "cam.json").write_text(json.dumps([np.eye(4).tolist()]))
@@ -296,7 +295,7 @@ def test_identity_camera_path_equals_no_camera(avatar, tmp_path):
 
 
 def test_streaming_equals_offline(avatar):
-    from avatar.engine.speak import SpeakConfig, Speaker
+    from avatar.engine import SpeakConfig, Speaker
 
     wav = talking_wav(2.2, silence=(0.9, 1.3))
     cfg = SpeakConfig(vad="energy", pose="audio", orbit=20)
@@ -309,7 +308,7 @@ def test_streaming_equals_offline(avatar):
     for f in sp.stream(chunks):
         got.append(f)
         if not sp.engine.ended:  # audio received when the frame came out, beyond the frame's own time
-            waited.append(sp.engine.total / SR - f.time_s)
+            waited.append(sp.engine.samples_pushed / SR - f.time_s)
     assert [f.index for f in got] == list(range(len(ref)))
     longest_chunk = max(len(c) for c in chunks) / SR
     assert waited and max(waited) <= sp.delay_s() + longest_chunk + 1e-6  # the stated delay is an upper bound
@@ -337,7 +336,7 @@ def lookahead_avatar(tmp_path_factory):
 def test_streaming_with_trained_lookahead(lookahead_avatar):
     import copy
 
-    from avatar.engine.speak import SpeakConfig, Speaker, _Engine
+    from avatar.engine import SpeakConfig, Speaker
 
     av = lookahead_avatar
     assert (av.feature_window, av.feature_past, av.feature_future) == (9, 6, 2)
@@ -356,30 +355,32 @@ def test_streaming_with_trained_lookahead(lookahead_avatar):
     rng = np.random.default_rng(1)
     chunks = np.split(wav, np.sort(rng.choice(len(wav), 50, replace=False)))
     wins = []
-    take = _Engine.take
+    from avatar.engine.engine import FrameEngine
+
+    take = FrameEngine.take
 
     def spy(self, count):
         out = take(self, count)
-        wins.append(out[0])
+        wins.append(out.windows)
         return out
 
-    _Engine.take = spy
+    FrameEngine.take = spy
     try:
         got, waited = [], []
         for f in sp.stream(chunks, record=True):
             got.append(f)
             if not sp.engine.ended:
-                waited.append(sp.engine.total / SR - f.time_s)
+                waited.append(sp.engine.samples_pushed / SR - f.time_s)
     finally:
-        _Engine.take = take
+        FrameEngine.take = take
     assert [f.index for f in got] == list(range(len(ref))) and len(ref) == 50
     assert max(np.abs(a.astype(int) - b.rgb.astype(int)).max() for a, b in zip(ref, got)) <= 1  # frame for frame
     assert waited and max(waited) <= sp.delay_s() + max(len(c) for c in chunks) / SR + 1e-6
     # the engine feeds the model exactly the windows it was trained on (rows k - 6 ... k + 2, edge padded)
     # (silent frames: cross-faded to the closed-mouth training window by their speech weight)
-    rows = np.stack(sp._record["feats"])
+    rows = np.stack(sp.last_record["feats"])
     expect = av.feature_windows(rows).numpy()
-    w = np.asarray(sp._record["speech"], np.float32)[:, None, None]
+    w = np.asarray(sp.last_record["speech"], np.float32)[:, None, None]
     if sp.stats.silent_window is not None:
         expect = np.where(w < 1, w * expect + (1 - w) * sp.stats.silent_window[None], expect)
     np.testing.assert_allclose(np.concatenate(wins), expect, rtol=0, atol=1e-6)
@@ -392,7 +393,7 @@ def test_stream_cli_writes_raw_frames(tiny_run, tmp_path):
     raw = np.frombuffer(out.read_bytes(), np.uint8)
     assert raw.size == 25 * 64 * 64 * 3
     from avatar.engine.runtime import Avatar
-    from avatar.engine.speak import SpeakConfig, Speaker
+    from avatar.engine import SpeakConfig, Speaker
 
     ref = [f.rgb for f in Speaker(Avatar.load(tiny_run, device="cpu"), SpeakConfig(vad="energy")).stream_offline_equivalent(talking_wav(1.0))]
     assert np.abs(raw.reshape(25, 64, 64, 3).astype(int) - np.stack(ref).astype(int)).max() <= 1
@@ -401,7 +402,7 @@ def test_stream_cli_writes_raw_frames(tiny_run, tmp_path):
 def test_backgrounds(avatar, tmp_path):
     import cv2
 
-    from avatar.engine.speak import SpeakConfig, Speaker
+    from avatar.engine import SpeakConfig, Speaker
 
     wav = talking_wav(0.4)
     green = [f.rgb for f in Speaker(avatar, SpeakConfig(background="green", vad="off")).frames(wav)][0]
@@ -451,7 +452,7 @@ def test_motion_export_round_trip(tiny_run, tmp_path):
 
 
 def test_head_offsets_and_lip_scale_change_the_image(avatar):
-    from avatar.engine.speak import SpeakConfig, Speaker
+    from avatar.engine import SpeakConfig, Speaker
 
     wav = talking_wav(0.4)
 
@@ -510,17 +511,28 @@ def test_help_documents_every_control(capsys):
         assert opt in text, opt
 
 
-def test_silero_keeps_voice_open(avatar):
-    """silero-vad marks a voiced stretch as speech and the following silence as non-speech."""
-    from avatar.engine.speak import SpeakConfig, Speaker
+def test_silero_tells_speech_from_silence_and_noise(avatar):
+    """silero-vad on a real recording: French speech (dreamtalk_french1.wav, talking from ~1 s on), then
+    1.5 s of digital silence, then 1.5 s of white noise at -30 dBFS RMS. Speech frames are speech; silence and
+    noise are not, although the noise is 15 dB above the energy gate (-45 dB): the energy VAD, run as a
+    control, does call the noise speech, so a silero path that fell back to energy would fail here."""
+    from avatar.core.audio import load_audio
+    from avatar.engine import SpeakConfig, Speaker
 
-    wav = np.concatenate([voice_like(1.5), np.zeros(SR, np.float32)])
-    sp = Speaker(avatar, SpeakConfig(vad="silero"))
-    list(sp.frames(wav, record=True))
-    sp_flags = np.asarray(sp._record["speech"])
-    t = np.arange(len(sp_flags)) / 25.0
-    assert sp_flags[(t > 1.8)].max() == 0.0
-    assert math.isfinite(sp_flags.mean())
+    speech = load_audio(shared_file("audio/dreamtalk_french1.wav"), sr=SR)[: 3 * SR]
+    noise = (0.03 * np.random.default_rng(0).standard_normal(3 * SR // 2)).astype(np.float32)  # RMS 0.03 = -30 dBFS
+    wav = np.concatenate([speech, np.zeros(3 * SR // 2, np.float32), noise])
+    flags = {}
+    for vad in ("silero", "energy"):
+        sp = Speaker(avatar, SpeakConfig(vad=vad))
+        list(sp.frames(wav, record=True))
+        flags[vad] = np.asarray(sp.last_record["speech"])
+    t = np.arange(len(flags["silero"])) / 25.0
+    talking, silent, noisy = (t > 1.2) & (t < 3.0), (t > 3.4) & (t < 4.4), t > 4.8
+    assert flags["silero"][talking].mean() > 0.9
+    assert flags["silero"][silent].max() == 0.0
+    assert flags["silero"][noisy].mean() < 0.1
+    assert flags["energy"][noisy].mean() > 0.9  # the control: by energy alone the noise is "speech"
 
 
 class _StubAvatar:
@@ -547,7 +559,7 @@ class _StubAvatar:
 
 def test_engine_memory_is_bounded_on_long_audio():
     """Ten minutes of audio streamed through the engine: audio buffer and feature rows stay O(window)."""
-    from avatar.engine.speak import SpeakConfig, Speaker
+    from avatar.engine import SpeakConfig, Speaker
 
     sp = Speaker(_StubAvatar(), SpeakConfig(vad="energy", pose="audio"))
     block = talking_wav(10.0, silence=(6.0, 8.0))
@@ -558,11 +570,11 @@ def test_engine_memory_is_bounded_on_long_audio():
         for _ in range(60):
             yield block
 
-    for _ in sp._run(chunks(), streaming=False, batch=8):
+    for _ in sp.run(chunks(), streaming=False, batch=8):
         n += 1
         eng = sp.engine
-        max_buf = max(max_buf, eng.buf.shape[0])
-        max_rows = max(max_rows, len(eng.rows) + len(eng.raw))
+        max_buf = max(max_buf, eng.buffered_samples)
+        max_rows = max(max_rows, eng.buffered_rows)
     assert n == 600 * 25
     assert max_buf < 45 * SR  # one 30 s feature segment + context + one pushed block, never the whole 600 s
     assert max_rows < 30 * 25 + 100
@@ -582,7 +594,7 @@ def test_stream_from_stdin(tiny_run, tmp_path):
 
 
 def test_output_fps_option(avatar):
-    from avatar.engine.speak import SpeakConfig, Speaker
+    from avatar.engine import SpeakConfig, Speaker
 
     frames = list(Speaker(avatar, SpeakConfig(fps=30.0, vad="off")).frames(talking_wav(1.0)))
     assert len(frames) == 30 and frames[-1].time_s == pytest.approx(29 / 30)
@@ -591,8 +603,8 @@ def test_output_fps_option(avatar):
 def test_real_extractor_through_the_engine():
     """The default extractor (phonetic+spectral, what real runs use) runs per segment inside the engine:
     rows match a direct extraction on the same segment, and streaming equals the offline reference."""
-    from avatar.features.extract import extract_features
-    from avatar.engine.speak import SpeakConfig, Speaker
+    from avatar.features import extract_features
+    from avatar.engine import SpeakConfig, Speaker
 
     wav = np.concatenate([voice_like(1.2), np.zeros(SR // 2, np.float32), voice_like(0.8)])
     dim = extract_features(wav[:SR], 25, 25.0)[0].shape[1]
@@ -606,7 +618,7 @@ def test_real_extractor_through_the_engine():
     assert len(ref) == len(got) == round(len(wav) / SR * 25)
     sp2 = Speaker(stub, SpeakConfig(vad="off"))
     list(sp2.frames(wav, record=True))
-    rows = np.stack(sp2._record["feats"])
+    rows = np.stack(sp2.last_record["feats"])
     n = len(rows)  # one offline segment: the audio from 0 plus 1.5 s (38 frames) of silence after its end
     padded = np.zeros((n + 38) * 640, np.float32)
     padded[:len(wav)] = wav
@@ -617,9 +629,9 @@ def test_real_extractor_through_the_engine():
 def test_streaming_builds_the_phone_decoder_once(monkeypatch):
     """Streaming decodes one short utterance per segment; the pocketsphinx decoder (0.1-0.4 s to build)
     must be built at most once per thread, not per segment (that made streaming slower than real time)."""
-    from avatar.features import extract as af
-    from avatar.features.extract import extract_features
-    from avatar.engine.speak import SpeakConfig, Speaker
+    from avatar.features import phonetic as af
+    from avatar.features import extract_features
+    from avatar.engine import SpeakConfig, Speaker
 
     built, decoded = [], []
     new, decode = af._new_phone_decoder, af._decode_phones
@@ -641,13 +653,13 @@ def test_streaming_builds_the_phone_decoder_once(monkeypatch):
 
 def test_silence_uses_a_real_closed_mouth_training_window(tiny_run):
     """The silence window is a real run of consecutive training feature rows (edge padded like training),
-    among the quiet frames, with the smallest inner-lip gap the model predicts of all of them."""
+    from the quieter half of the clip, with an inner-lip gap the model predicts no wider than the median window's."""
     import torch
 
     from avatar.core.dataset_format import load_dataset
     from avatar.core.landmarks import LOWER_INNER_LIP, UPPER_INNER_LIP
     from avatar.engine.runtime import Avatar
-    from avatar.engine.speak import training_stats
+    from avatar.engine.features import training_stats
 
     av = Avatar.load(tiny_run, device="cpu")
     st = training_stats(av)
@@ -662,5 +674,7 @@ def test_silence_uses_a_real_closed_mouth_training_window(tiny_run):
     with torch.no_grad():
         x, _ = av.model.point_motion(shape, av.model.audio(torch.as_tensor(wins)), torch.zeros(len(wins)))
     gap = ((x[:, 1] - x[:, 0]).norm(dim=-1) / av.model.unit).numpy()
-    quiet = st.level_db <= np.percentile(st.level_db, 30)
-    assert gap[match[0]] <= gap[quiet].min() + 1e-7
+    # properties, not the selection rule's own percentile: the window is from the quieter half of the clip
+    # and renders a mouth no more open than the median training window
+    assert st.level_db[match[0]] <= np.median(st.level_db)
+    assert gap[match[0]] <= np.median(gap) + 1e-7

@@ -9,40 +9,27 @@ world(head)-to-camera `viewmat` (also OpenCV) and pinhole intrinsics `K`, so:
     viewmat = [[R^T, -R^T t], [0, 0, 0, 1]]        (R = rotation of wxyz, t = position)
     K       = [[f, 0, W/2], [0, f, H/2], [0, 0, 1]],  f = (H / 2) / tan(fov / 2)
 
-Pure numpy, no viser import, so the maths is unit-testable on its own.
+Pure numpy, no viser import, so the maths is unit-testable on its own. Rotations, quaternions and
+intrinsics are the shared ones of avatar/core/camera.py (re-exported here for the viewer's callers).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 
+from avatar.core.camera import (
+    camera_rotation,
+    fov_from_intrinsics,
+    intrinsics_from_fov,
+    matrix_to_quat,
+    quat_to_matrix,
+)
 
-def quat_to_matrix(wxyz: np.ndarray) -> np.ndarray:
-    """[4] unit quaternion (w, x, y, z; normalised here) -> [3, 3] rotation matrix."""
-    w, x, y, z = np.asarray(wxyz, np.float64) / np.linalg.norm(wxyz)
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-    ])
-
-
-def matrix_to_quat(R: np.ndarray) -> np.ndarray:
-    """[3, 3] rotation -> [4] wxyz with w >= 0 (Shepperd's method: pivot on the largest diagonal term)."""
-    m = np.asarray(R, np.float64)
-    tr = m[0, 0] + m[1, 1] + m[2, 2]
-    cands = np.array([
-        [1 + tr, m[2, 1] - m[1, 2], m[0, 2] - m[2, 0], m[1, 0] - m[0, 1]],
-        [m[2, 1] - m[1, 2], 1 + m[0, 0] - m[1, 1] - m[2, 2], m[0, 1] + m[1, 0], m[0, 2] + m[2, 0]],
-        [m[0, 2] - m[2, 0], m[0, 1] + m[1, 0], 1 - m[0, 0] + m[1, 1] - m[2, 2], m[1, 2] + m[2, 1]],
-        [m[1, 0] - m[0, 1], m[0, 2] + m[2, 0], m[1, 2] + m[2, 1], 1 - m[0, 0] - m[1, 1] + m[2, 2]],
-    ])  # [4 candidates, 4]
-    q = cands[int(np.argmax([tr, m[0, 0], m[1, 1], m[2, 2]]))]
-    q = q / np.linalg.norm(q)
-    return -q if q[0] < 0 else q
+__all__ = ["HomeCamera", "camera_rotation", "fov_from_intrinsics", "head_offset_matrix", "home_camera",
+           "intrinsics_from_fov", "matrix_to_quat", "quat_to_matrix", "representative_view", "viewmat_from_viser",
+           "viser_from_viewmat"]
 
 
 def viewmat_from_viser(wxyz: np.ndarray, position: np.ndarray) -> np.ndarray:
@@ -62,35 +49,16 @@ def viser_from_viewmat(viewmat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return matrix_to_quat(R), -R @ V[:3, 3]
 
 
-def intrinsics_from_fov(fov_y: float, width: int, height: int) -> np.ndarray:
-    """[3, 3] pinhole K with a centred principal point for a vertical field of view (radians)."""
-    f = 0.5 * height / math.tan(0.5 * fov_y)
-    return np.array([[f, 0.0, 0.5 * width], [0.0, f, 0.5 * height], [0.0, 0.0, 1.0]])
-
-
-def fov_from_intrinsics(K: np.ndarray, height: int) -> float:
-    """Vertical field of view (radians) of K for an image `height` pixels tall."""
-    return 2.0 * math.atan(0.5 * height / float(np.asarray(K)[1, 1]))
-
-
-def euler_offset(yaw_deg: float, pitch_deg: float, roll_deg: float) -> np.ndarray:
-    """[3, 3] rotation in CAMERA axes (OpenCV): yaw about y (down), pitch about x (right), roll about z."""
-    y, p, r = (math.radians(v) for v in (yaw_deg, pitch_deg, roll_deg))
-    Ry = np.array([[math.cos(y), 0, math.sin(y)], [0, 1, 0], [-math.sin(y), 0, math.cos(y)]])
-    Rx = np.array([[1, 0, 0], [0, math.cos(p), -math.sin(p)], [0, math.sin(p), math.cos(p)]])
-    Rz = np.array([[math.cos(r), -math.sin(r), 0], [math.sin(r), math.cos(r), 0], [0, 0, 1]])
-    return Rz @ Rx @ Ry
-
-
 def head_offset_matrix(yaw_deg: float, pitch_deg: float, roll_deg: float, train_R: np.ndarray,
                        pivot: np.ndarray) -> np.ndarray:
     """[4, 4] rigid motion of the head, in head coordinates, for a yaw/pitch/roll offset.
 
-    The angles are read in the training camera's axes (so "yaw" turns the head left/right as the
-    person was filmed, whatever the canonical frame's axes are) and the head turns about `pivot`
-    (head frame). The rendered view is then `viewmat @ M`.
+    The angles are read in the training camera's axes with `avatar speak --yaw/--pitch/--roll`'s
+    convention (avatar/core/camera.py `camera_rotation`: +yaw turns the face towards image right), so
+    "yaw" turns the head left/right as the person was filmed, whatever the canonical frame's axes are;
+    the head turns about `pivot` (head frame). The rendered view is then `viewmat @ M`.
     """
-    Rc = euler_offset(yaw_deg, pitch_deg, roll_deg)  # camera axes
+    Rc = camera_rotation(yaw_deg, pitch_deg, roll_deg)  # camera axes
     Rt = np.asarray(train_R, np.float64)  # [3, 3] head -> training camera
     Rh = Rt.T @ Rc @ Rt  # the same rotation in head axes
     p = np.asarray(pivot, np.float64)

@@ -21,7 +21,7 @@ def add_parser(subparsers, name: str, summary: str) -> None:
                               "write RUN/metrics.json and RUN/eval/side_by_side.jpg.")
     p.add_argument("run_dir", metavar="RUN", help="a finished run folder (with model.pt)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    p.add_argument("--audio", metavar="WAV", default=None, help="lip-sync evaluation on new audio (speak issue)")
+    p.add_argument("--audio", metavar="WAV", default=None, help="lip-sync evaluation on new audio: render it with the avatar and measure the audio-video offset")
     p.add_argument("--device", default="auto", help="torch device (default: auto)")
     p.add_argument("--max-frames", type=int, default=0, help="evaluate at most this many held-out frames (0 = all)")
     p.add_argument("--no-lmd", action="store_true", help="skip the MediaPipe landmark distance")
@@ -46,10 +46,11 @@ def print_table(metrics: dict, file=None) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from avatar.evaluation.evaluate import eval_audio, evaluate_run
+    from avatar.evaluation.evaluate import evaluate_run
+    from avatar.evaluation.lipsync import eval_audio
 
     if args.audio is not None:
-        metrics = eval_audio(args.run_dir, args.audio)
+        metrics = eval_audio(args.run_dir, args.audio, device=args.device)
     else:
         metrics = evaluate_run(args.run_dir, device=args.device, write=True, max_frames=args.max_frames,
                                lmd=not args.no_lmd, progress=not args.json)

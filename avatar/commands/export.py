@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
               f"{int(round(np.sqrt(g['sh'].shape[1]))) - 1})", file=sys.stderr)
     if args.motion:
         from avatar.core.io import save_npz_atomic
-        from avatar.engine.motion import BlinkModel
+        from avatar.engine.blink import BlinkModel
 
         head = avatar.train_viewmats.cpu().numpy().astype(np.float32)
         blink = avatar.train_blink.cpu().numpy().astype(np.float32)

@@ -30,6 +30,19 @@ from avatar.errors import AvatarError
 DESCRIPTION = __doc__.split("\n", 2)[2]
 DEFAULT_MAX_DURATION = 600.0
 
+SPEAK_GROUPS = {
+    "head pose and camera": ("pose", "loop", "yaw", "pitch", "roll", "orbit", "orbit_period", "camera_path"),
+    "face": ("blink", "lip_scale", "vad", "vad_threshold", "energy_db"),
+    "output": ("background", "torso", "fps", "seed", "batch", "feature_model_dir"),
+    "streaming": ("stream_segment_frames", "stream_past_s", "stream_future_frames", "window_lookahead"),
+}
+"""Help sections of the generated SpeakConfig options; fields not listed go to "engine"."""
+SPEAK_FLAGS = {"stream_segment_frames": ("--stream-segment", "--stream-segment-frames"),
+               "feature_model_dir": ("--feature-model", "--feature-model-dir")}
+"""Flags kept from before the options were generated (a user contract); the field's own name is an alias."""
+SPEAK_METAVARS = {"pose": "MODE", "orbit": "DEGREES", "orbit_period": "S", "camera_path": "FILE", "blink": "MODE",
+                  "background": "BG", "stream_segment_frames": "FRAMES", "feature_model_dir": "DIR"}
+
 
 def add_parser(subparsers, name: str, summary: str) -> argparse.ArgumentParser:
     p = subparsers.add_parser(name, help=summary, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -41,74 +54,36 @@ def add_parser(subparsers, name: str, summary: str) -> argparse.ArgumentParser:
                    help="output .mp4 (H.264 + AAC) or .webm (VP9 + Opus); with --background transparent a folder (RGBA PNGs + "
                         "audio.wav) or a .webm (VP9 with alpha); "
                         "with --stream: '-' (stdout) or a file / named pipe receiving raw frames")
-    g = p.add_argument_group("head pose and camera")
-    g.add_argument("--pose", default="replay", metavar="MODE",
-                   help="replay: the training clip's head poses, looped without a jump; static: the mean pose; "
-                        "audio: head motion generated from the speech rhythm (learned from the training clip); "
-                        "or a motion .npz written by --export-motion (its head poses). Default replay")
-    g.add_argument("--loop", choices=("crossfade", "pingpong"), default="crossfade",
-                   help="how --pose replay loops: crossfade the clip's end into its start, or play back and forth (default crossfade)")
-    g.add_argument("--yaw", type=float, default=0.0, help="head yaw offset in degrees (+ turns the face to image right)")
-    g.add_argument("--pitch", type=float, default=0.0, help="head pitch offset in degrees (+ nods the chin down)")
-    g.add_argument("--roll", type=float, default=0.0, help="head roll offset in degrees (+ tilts clockwise in the image)")
-    g.add_argument("--orbit", type=float, default=0.0, metavar="DEGREES",
-                   help="free-view camera swinging around the head, DEGREES peak to peak (default 0: training camera). "
-                        "Head and torso turn together; the background plate is re-projected as a distant wall "
-                        "(edge pixels repeat where it runs out: use a colour --background for large moves)")
-    g.add_argument("--orbit-period", type=float, default=6.0, metavar="S", help="seconds per orbit swing (default 6)")
-    g.add_argument("--camera-path", default=None, metavar="FILE",
-                   help="camera path: JSON list of 4x4 world->camera matrices (identity = training camera) or of "
-                        "{\"yaw\", \"pitch\", \"roll\"} degrees around the head, one per frame (the last is held); "
-                        ".npy [N,4,4] or an --export-motion .npz (its camera)")
-    g = p.add_argument_group("face")
-    g.add_argument("--blink", default="auto", metavar="MODE",
-                   help="auto: blinks at the rate/duration learned from the training clip; off: eyes open; or a file of "
-                        "per-frame values in [0,1] (.npy/.txt/.json, or an --export-motion .npz). Default auto")
-    g.add_argument("--lip-scale", type=float, default=1.0,
-                   help="scale of the audio-driven mouth motion: >1 exaggerates, <1 damps (default 1)")
-    g.add_argument("--vad", choices=("silero", "energy", "off"), default="silero",
-                   help="voice activity used to close the mouth in silence: silero (silero-vad), energy (level "
-                        "threshold) or off (default silero)")
-    g.add_argument("--vad-threshold", type=float, default=0.5, help="silero speech probability threshold (default 0.5)")
-    g.add_argument("--energy-db", type=float, default=-45.0, help="--vad energy: level in dBFS counted as speech (default -45)")
-    g = p.add_argument_group("output")
-    g.add_argument("--background", default="plate", metavar="BG",
-                   help="plate (training background), a colour (black, white, green, #RRGGBB, R,G,B), an image file, "
-                        "or transparent (RGBA PNG sequence folder or alpha .webm). Default plate")
-    g.add_argument("--no-torso", action="store_true", help="render the head only (no torso Gaussians)")
-    g.add_argument("--fps", type=float, default=None, help="output frame rate (default: the training fps)")
-    g.add_argument("--export-motion", default=None, metavar="FILE.npz",
-                   help="also write the per-frame motion (head poses, camera, viewmats, blink, speech, features) as .npz, "
-                        "reusable with --pose/--blink/--camera-path")
-    g.add_argument("--allow-long", action="store_true",
-                   help=f"render audio longer than --max-duration (default limit {DEFAULT_MAX_DURATION:.0f} s)")
-    g.add_argument("--max-duration", type=float, default=DEFAULT_MAX_DURATION, metavar="S",
-                   help=f"longest audio rendered without --allow-long, seconds (default {DEFAULT_MAX_DURATION:.0f})")
-    g.add_argument("--seed", type=int, default=0, help="seed of generated motion (blinks, --pose audio); default 0")
-    g.add_argument("--device", default="auto", help="render device: auto, cpu, cuda, cuda:N (default auto)")
-    g.add_argument("--batch", type=int, default=8, help="frames per model call offline (default 8)")
-    g.add_argument("--feature-model", default=None, metavar="DIR",
-                   help="local wav2vec2/HuBERT folder when the avatar was trained on such features")
-    g.add_argument("--json", action="store_true", help="print a JSON summary on stdout at the end (not with --stream -o -)")
-    g = p.add_argument_group("streaming")
-    g.add_argument("--stream", action="store_true",
-                   help="real-time mode: read audio as it arrives, write raw frames as soon as they are ready")
-    g.add_argument("--stream-segment", type=int, default=5, metavar="FRAMES",
-                   help="--stream: frames per causal feature segment (smaller = lower delay, more CPU); default 5")
-    g.add_argument("--chunk-ms", type=float, default=40.0, help="--stream: audio chunk size read at a time (default 40 ms)")
-    g.add_argument("--no-realtime", action="store_true", help="--stream from a file: do not pace reading at real time")
+    from avatar.core.config import add_flat_dataclass_args
+    from avatar.engine.config import SpeakConfig
+
+    # every SpeakConfig field becomes an option, its docstring the help line (avatar/engine/config.py)
+    g = add_flat_dataclass_args(p, SpeakConfig, groups=SPEAK_GROUPS, flags=SPEAK_FLAGS, metavars=SPEAK_METAVARS,
+                                other_group="engine")
+    out = g["output"]
+    out.add_argument("--export-motion", default=None, metavar="FILE.npz",
+                     help="also write the per-frame motion (head poses, camera, viewmats, blink, speech, features) as .npz, "
+                          "reusable with --pose/--blink/--camera-path")
+    out.add_argument("--allow-long", action="store_true",
+                     help=f"render audio longer than --max-duration (default limit {DEFAULT_MAX_DURATION:.0f} s)")
+    out.add_argument("--max-duration", type=float, default=DEFAULT_MAX_DURATION, metavar="S",
+                     help=f"longest audio rendered without --allow-long, seconds (default {DEFAULT_MAX_DURATION:.0f})")
+    out.add_argument("--device", default="auto", help="render device: auto, cpu, cuda, cuda:N (default auto)")
+    out.add_argument("--json", action="store_true", help="print a JSON summary on stdout at the end (not with --stream -o -)")
+    st = g["streaming"]
+    st.add_argument("--stream", action="store_true",
+                    help="real-time mode: read audio as it arrives, write raw frames as soon as they are ready")
+    st.add_argument("--chunk-ms", type=float, default=40.0, help="--stream: audio chunk size read at a time (default 40 ms)")
+    st.add_argument("--no-realtime", action="store_true", help="--stream from a file: do not pace reading at real time")
     p.set_defaults(func=run)
     return p
 
 
 def _config(args: argparse.Namespace):
-    from avatar.engine.speak import SpeakConfig
+    from avatar.core.config import dataclass_from_args
+    from avatar.engine.config import SpeakConfig
 
-    return SpeakConfig(pose=args.pose, loop=args.loop, yaw=args.yaw, pitch=args.pitch, roll=args.roll, orbit=args.orbit,
-                       orbit_period=args.orbit_period, camera_path=args.camera_path, blink=args.blink, lip_scale=args.lip_scale,
-                       vad=args.vad, vad_threshold=args.vad_threshold, energy_db=args.energy_db, background=args.background,
-                       torso=not args.no_torso, seed=args.seed, fps=args.fps, batch=max(1, args.batch),
-                       stream_segment_frames=max(1, args.stream_segment), feature_model_dir=args.feature_model)
+    return dataclass_from_args(SpeakConfig, args)
 
 
 def _check_inputs(args: argparse.Namespace) -> None:
@@ -132,8 +107,7 @@ def _check_inputs(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     _check_inputs(args)
-    from avatar.engine.runtime import Avatar
-    from avatar.engine.speak import Speaker
+    from avatar.engine import Avatar, Speaker
 
     avatar = Avatar.load(args.run, device=args.device)
     speaker = Speaker(avatar, _config(args))

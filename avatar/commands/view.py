@@ -24,19 +24,20 @@ def add_parser(subparsers, name: str, summary: str) -> argparse.ArgumentParser:
     p = subparsers.add_parser(name, help=summary, description=DESCRIPTION,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", metavar="RUN", help="trained run folder (output of `avatar fit`)")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes it to the network)")
-    p.add_argument("--port", type=int, default=0, help="port (default 0: a free port is chosen and printed)")
-    p.add_argument("--audio-dir", default=None, metavar="DIR",
-                   help="folder of audio clips (wav/mp3/flac/ogg/m4a) offered in the page's clip list")
-    p.add_argument("--device", default="auto", help="render device: auto, cpu, cuda, cuda:N (default auto)")
-    p.add_argument("--max-upload-mb", type=float, default=20.0,
-                   help="largest audio upload accepted from the browser, in MB (default 20)")
+    from avatar.core.config import add_flat_dataclass_args
+    from avatar.viewer.config import ViewerConfig
+
+    # every ViewerConfig field becomes an option, its docstring the help line (viewer/config.py)
+    add_flat_dataclass_args(p, ViewerConfig, other_group="viewer", metavars={"audio_dir": "DIR"})
     p.set_defaults(func=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
+    from avatar.core.config import dataclass_from_args
+    from avatar.viewer.config import ViewerConfig
+
+    cfg = dataclass_from_args(ViewerConfig, args)
     if not 0 <= args.port <= 65535:
         raise AvatarError(f"--port {args.port}: must be 0..65535")
     if args.max_upload_mb <= 0:
@@ -46,14 +47,14 @@ def run(args: argparse.Namespace) -> int:
               f"use the viewer and upload audio (no authentication). Use the default 127.0.0.1 (or an SSH "
               f"tunnel) unless you mean it.", file=sys.stderr)
 
-    from avatar.engine.runtime import Avatar
+    from avatar.engine import Avatar
     from avatar.viewer.clips import ClipLibrary
     from avatar.viewer.server import AvatarViewer
 
     clips = ClipLibrary(args.audio_dir, max_upload_bytes=int(args.max_upload_mb * 1e6))
     try:
         avatar = Avatar.load(args.run, device=args.device)
-        viewer = AvatarViewer(avatar, clips, host=args.host, port=args.port, label=f"avatar · {args.run}")
+        viewer = AvatarViewer(avatar, clips, label=f"avatar · {args.run}", config=cfg)
     except BaseException:
         clips.close()
         raise

@@ -233,3 +233,63 @@ def load_yaml(cls: type, path: str | Path, strict: bool = True) -> Any:
     except yaml.YAMLError as e:
         raise AvatarError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     return from_dict(cls, data, strict)
+
+
+# ---------------------------------------------------------------------------------------------
+# flat configs -> plain `--field-name` options (avatar speak, avatar view)
+
+
+def add_flat_dataclass_args(parser: argparse.ArgumentParser, cls: type, groups: dict[str, tuple[str, ...]] | None = None,
+                            flags: dict[str, str | tuple[str, ...]] | None = None, metavars: dict[str, str] | None = None,
+                            other_group: str = "other options") -> dict[str, Any]:
+    """One option per field of a flat dataclass `cls`, its help line the field's docstring plus its default.
+
+    The flag is `--field-name` (underscores as dashes) unless `flags` names others (a tuple gives aliases);
+    a bool field defaulting to True becomes `--no-field-name` (store_false), one defaulting to False
+    `--field-name` (store_true); a Literal field gets its choices. `groups` maps a help-section title to
+    field names; fields it does not list go to `other_group`, so a new field always gets a flag. The
+    parsed value lands in `args.<field name>` with the field's default; `dataclass_from_args` rebuilds the
+    config. Returns the argument groups by title (callers add their own options to them)."""
+    groups, flags, metavars = dict(groups or {}), dict(flags or {}), dict(metavars or {})
+    hints = _resolved_hints(cls)
+    docs = field_docs(cls)
+    fields = [f for f in dataclasses.fields(cls) if f.init]
+    listed = {n for names in groups.values() for n in names}
+    unknown = listed - {f.name for f in fields}
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no field(s) {', '.join(sorted(unknown))}")
+    rest = tuple(f.name for f in fields if f.name not in listed)
+    if rest:
+        groups[other_group] = groups.get(other_group, ()) + rest
+    made = {title: parser.add_argument_group(title) for title in groups}
+    where = {n: made[title] for title, names in groups.items() for n in names}
+    for f in fields:
+        tp, _ = _unwrap_optional(hints[f.name])
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
+        doc = docs.get(f.name, "")
+        dash = f.name.replace("_", "-")
+        names = flags.get(f.name)
+        kw: dict[str, Any] = dict(dest=f.name, default=default)
+        if tp is bool:
+            opts = names or (f"--no-{dash}" if default else f"--{dash}")
+            kw.update(action="store_false" if default else "store_true", help=doc.replace("%", "%%"))
+        else:
+            opts = names or f"--{dash}"
+            kw.update(help=(doc if default is None else f"{doc} (default {default})").replace("%", "%%"))
+            if get_origin(tp) is Literal:
+                kw.update(choices=get_args(tp), type=str)
+            elif tp in (int, float, str):
+                kw.update(type=tp, metavar=metavars.get(f.name, tp.__name__.upper() if tp is not str else None))
+            else:
+                raise ValueError(f"{cls.__name__}.{f.name}: type {tp} has no command-line form")
+            if kw.get("metavar") is None:
+                kw.pop("metavar", None)
+        where[f.name].add_argument(*((opts,) if isinstance(opts, str) else opts), **kw)
+    return made
+
+
+def dataclass_from_args(cls: type, args: argparse.Namespace) -> Any:
+    """The config of the options `add_flat_dataclass_args` added (fields absent from `args` keep defaults)."""
+    vals = vars(args)
+    return cls(**{f.name: vals[f.name] for f in dataclasses.fields(cls) if f.init and f.name in vals})

@@ -23,13 +23,19 @@ Intrinsics K = [[focal, 0, cx], [0, focal, cy], [0, 0, 1]] in pixels of the data
 `dataset.json` keys (see `DatasetInfo`): version, source {path, sha256, fps, duration}, fps,
 num_frames, width, height, camera {focal, cx, cy}, stages {name: version}, files {...},
 features {name: {file, extractor, dim, fps}}, default_feature, split {train: [a, b], val: [c, d]}
-(half-open frame ranges), quality {...}, has_audio.
+(half-open frame ranges, `split_ranges`), quality {...}, has_audio.
+
+Resolution: everywhere in avatar (`PreprocessConfig.resolution`, `DataConfig.resolution`) a
+resolution is the LONGER image side in pixels, the aspect ratio kept (`render_size`). Training,
+the in-training PSNR and `avatar eval` read the held-out frames through the same two functions here
+(`held_out_indices`, `resize_frame`), so they measure the same frames at the same size.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from collections import OrderedDict
 from pathlib import Path
@@ -54,6 +60,30 @@ MASK_LABELS: dict[str, int] = {
 }
 HEAD_LABELS = ("face", "mouth", "eyes", "hair")
 PERSON_LABELS = HEAD_LABELS + ("neck", "torso")
+
+VAL_SHARE = 1.0 / 11.0
+"""Default share of frames held out at the end of the clip (AD-NeRF/ER-NeRF/TalkingGaussian protocol)."""
+
+
+def split_ranges(n: int, val_share: float = VAL_SHARE) -> dict[str, list[int]]:
+    """Last `val_share` of the frames held out: train [0, a), val [a, n) (ER-NeRF: a = floor(10n/11)).
+
+    Both parts keep at least one frame (n >= 2). Written to dataset.json by preprocessing; training and
+    evaluation read it back through `DatasetInfo.split` / `held_out_indices`."""
+    a = int(math.floor(n * (1.0 - val_share) + 1e-9))
+    a = min(max(a, 1), n - 1)
+    return {"train": [0, a], "val": [a, n]}
+
+
+def render_size(width: int, height: int, resolution: int) -> tuple[int, int, float]:
+    """(w, h, scale) for a LONGER side of `resolution` px, aspect kept (0 or >= the source = unchanged).
+
+    The one meaning of "resolution" in avatar; preprocessing additionally rounds to even sizes for
+    the video codec (preprocess/decode.py `target_size`)."""
+    if resolution <= 0 or resolution >= max(width, height):
+        return width, height, 1.0
+    s = resolution / max(width, height)
+    return max(8, round(width * s)), max(8, round(height * s)), s
 
 
 @dataclasses.dataclass
@@ -105,11 +135,17 @@ class FeatureInfo:
     """Description of one audio feature file (mirrors features/NAME.json)."""
 
     name: str
+    """Feature name (features/NAME.npy)."""
     file: str
+    """Path of the array relative to the dataset folder."""
     extractor: str
+    """Extractor that made it ("phonetic+spectral", "wav2vec2", "hubert", "import:SHAPE", ...)."""
     dim: int
+    """Row length D of the [N, D] array."""
     fps: float
+    """Rows per second (the dataset fps: one row per video frame)."""
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Every other key of NAME.json (window, extractor parameters, ...)."""
 
 
 @dataclasses.dataclass
@@ -117,15 +153,25 @@ class DatasetInfo:
     """Parsed dataset.json plus the folder it came from."""
 
     root: Path
+    """The dataset folder."""
     fps: float
+    """Frame rate; frame k is at time k / fps."""
     num_frames: int
+    """Frames (and rows of every per-frame array)."""
     width: int
+    """Frame width in pixels (the dataset resolution)."""
     height: int
+    """Frame height in pixels."""
     split: dict[str, tuple[int, int]]
+    """Half-open frame ranges {"train": (a, b), "val": (c, d)} (`split_ranges`)."""
     features: dict[str, FeatureInfo]
+    """Audio feature files by name."""
     default_feature: str | None
+    """Feature used when none is named (None in a silent dataset)."""
     has_audio: bool
+    """Whether audio.wav exists."""
     raw: dict[str, Any]
+    """The whole parsed dataset.json (quality figures, timings, config, ...)."""
 
     def path(self, *parts: str) -> Path:
         return self.root.joinpath(*parts)
@@ -157,6 +203,30 @@ class DatasetInfo:
         if arr.shape[0] != self.num_frames:
             raise AvatarError(f"{self.root}: feature '{name}' has {arr.shape[0]} rows for {self.num_frames} frames; re-run preprocess")
         return arr
+
+
+def held_out_indices(info: DatasetInfo) -> np.ndarray:
+    """Frame indices of the held-out (val) split: the ones `avatar eval` and the in-training PSNR use.
+
+    A dataset without val frames (not written by `avatar preprocess`, which always keeps >= 1) falls
+    back to the last 1/11 of its training frames, so evaluation never runs on nothing."""
+    val = info.indices("val") if "val" in info.split else np.arange(0)
+    if len(val):
+        return val
+    train = info.indices("train")
+    return train[-max(1, len(train) // 11):]
+
+
+def resize_frame(rgb: np.ndarray, labels: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """A frame (rgb uint8 [H, W, 3], labels uint8 [H, W]) at (width, height): area filter for colours,
+    nearest for the label map (labels are ids, never averaged). Unchanged when already that size."""
+    if (rgb.shape[1], rgb.shape[0]) == (width, height):
+        return rgb, labels
+    import cv2
+
+    rgb = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)
+    labels = cv2.resize(labels, (width, height), interpolation=cv2.INTER_NEAREST)
+    return rgb, labels
 
 
 def load_dataset(root: str | os.PathLike) -> DatasetInfo:

@@ -2,6 +2,11 @@
 
 Every writer goes to a temporary name in the same directory, is flushed and fsynced, then renamed
 over the destination (`os.replace` is atomic on POSIX).
+
+The temporary file or folder is created with mode 0666 / 0777 filtered by the process umask, exactly
+like `open(path, "w")` / `os.mkdir(path)` would create the destination itself. (`tempfile.mkstemp` and
+`mkdtemp` create 0600 / 0700 on purpose, for private scratch files; renamed into place, that mode
+made every output unreadable to a web server or a colleague.)
 """
 
 from __future__ import annotations
@@ -9,9 +14,40 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any, Iterator
+
+
+def _temp_name(parent: Path, prefix: str, suffix: str) -> Path:
+    return parent / f"{prefix}{secrets.token_hex(6)}{suffix}"
+
+
+def make_temp_file(parent: str | os.PathLike, prefix: str, suffix: str) -> Path:
+    """Create an empty new file in `parent` with the mode a new file gets from the umask; return its path."""
+    parent = Path(parent)
+    for _ in range(100):
+        tmp = _temp_name(parent, prefix, suffix)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the kernel applies the umask
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"no free temporary name in {parent}")
+
+
+def make_temp_dir(parent: str | os.PathLike, prefix: str, suffix: str) -> Path:
+    """Create a new folder in `parent` with the mode a new folder gets from the umask; return its path."""
+    parent = Path(parent)
+    for _ in range(100):
+        tmp = _temp_name(parent, prefix, suffix)
+        try:
+            os.mkdir(tmp, 0o777)  # the kernel applies the umask
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"no free temporary name in {parent}")
 
 
 @contextlib.contextmanager
@@ -23,9 +59,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + (suffix if suffix is not None else path.suffix), dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
+    tmp = make_temp_file(path.parent, f".{path.name}.", ".tmp" + (suffix if suffix is not None else path.suffix))
     try:
         yield tmp
         if tmp.exists():

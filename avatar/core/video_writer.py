@@ -17,11 +17,11 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 from fractions import Fraction
 from pathlib import Path
 import numpy as np
 
+from avatar.core.io import make_temp_dir, make_temp_file
 from avatar.errors import AvatarError
 
 OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
@@ -71,9 +71,7 @@ class VideoWriter:
         self.enc_w, self.enc_h = self.width + self.width % 2, self.height + self.height % 2
         self.num_frames = num_frames
         self.audio_rate = audio_rate
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp" + self.path.suffix, dir=self.path.parent)
-        os.close(fd)
-        self.tmp = Path(tmp)
+        self.tmp = make_temp_file(self.path.parent, f".{self.path.name}.", ".tmp" + self.path.suffix)  # umask mode, not 0600
         self.frames_written = 0
         self.samples_written = 0
         self._closed = False
@@ -204,7 +202,7 @@ class PngSequenceWriter:
         self.num_frames = num_frames
         self.audio_rate = audio_rate
         self.compression = int(compression)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent))
+        self.tmp = make_temp_dir(self.path.parent, f".{self.path.name}.", ".tmp")  # umask mode, not 0700
         self.frames_written = 0
         self._audio = None
         self._closed = False

@@ -1,24 +1,15 @@
-"""Everything `avatar speak` drives besides the audio features: head pose, camera, blinks, silence.
+"""Head pose and camera-path generators of the engine (`SpeakConfig.pose`, `--camera-path`).
 
 All generators are *sequential*: frame k depends only on frames < k and on inputs up to a fixed
-look-ahead, so the offline renderer and the streaming renderer (avatar/engine/speak.py) produce the same
-motion for the same audio.
+look-ahead, so the offline renderer and the streaming renderer (avatar/engine/engine.py) produce the
+same motion for the same audio. Camera maths (rotations, orbit, pose vectors) live in
+avatar/core/camera.py.
 
-Conventions (avatar/core/dataset_format.py): a viewmat is the head-to-camera transform, X_cam = R X_head + t,
-OpenCV camera axes (x right, y down, z forward). The "world" is the training camera's frame, so a
-camera move C (world -> new camera) gives the final viewmat C @ H for a head pose H.
-
-- Head pose (`PoseMode`): `replay` loops the training poses with a crossfade (or ping-pong) at the
-  loop point, so there is no visible jump (TalkingGaussian replays training poses for new audio,
-  ../shared/design/model.md §2.6; we only make the loop seamless); `static` holds the mean pose;
-  `audio` generates motion whose rhythm follows the speech (`AudioPoseModel`).
-- Offsets `--yaw/--pitch/--roll` rotate the head about its own origin, in camera axes.
-- Camera: `orbit_path` swings the camera around the head; `load_camera_path` reads a file.
-- Blinks (`BlinkModel`): a renewal process whose rate, inter-blink spread, duration and shape are
-  measured on the training clip's blink signal.
-- Silence: `SpeechGate` marks non-speech frames (silero-vad, or an energy threshold) and
-  `close_mouth` swaps their feature rows for the training clip's own silent, closed-mouth rows,
-  the mitigation for "mouth ajar on silence" in ../shared/design/model.md §5 (TG #21, SyncTalk #64).
+- `replay` loops the training poses with a crossfade (or ping-pong) at the loop point, so there is
+  no visible jump (TalkingGaussian replays training poses for new audio, ../shared/design/model.md §2.6;
+  we only make the loop seamless); `static` holds the mean pose; `audio` generates motion whose rhythm
+  follows the speech (`AudioPoseModel`); a motion .npz replays exported head poses (`PoseFromFile`).
+- Camera: `orbit_at` (core) swings the camera around the head; `load_camera_path` reads a file.
 """
 
 from __future__ import annotations
@@ -28,97 +19,18 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
-from avatar.core.audio import SAMPLE_RATE
+from avatar.core.camera import (
+    about_pivot,
+    blend_poses,
+    euler_camera,
+    pose_from_vector,
+    pose_vectors,
+)
+from avatar.engine.config import LoopMode
 from avatar.errors import AvatarError
-
-PoseMode = Literal["replay", "static", "audio"]
-LoopMode = Literal["crossfade", "pingpong"]
-BlinkMode = Literal["auto", "off"]
-VadKind = Literal["silero", "energy"]
-
-
-# ---------------------------------------------------------------------------------------------
-# rotations / poses
-
-
-def _rot():
-    from scipy.spatial.transform import Rotation
-
-    return Rotation
-
-
-def euler_camera(yaw_deg: float, pitch_deg: float, roll_deg: float) -> np.ndarray:
-    """[3, 3] rotation in camera axes: +yaw turns the face towards image right, +pitch nods the chin
-    down, +roll tilts the head clockwise in the image. Applied as roll @ pitch @ yaw."""
-    R = _rot()
-    yaw = R.from_rotvec(np.array([0.0, -1.0, 0.0]) * math.radians(yaw_deg))
-    pitch = R.from_rotvec(np.array([1.0, 0.0, 0.0]) * math.radians(pitch_deg))
-    roll = R.from_rotvec(np.array([0.0, 0.0, 1.0]) * math.radians(roll_deg))
-    return (roll * pitch * yaw).as_matrix().astype(np.float32)
-
-
-def about_pivot(Rm: np.ndarray, pivot: np.ndarray) -> np.ndarray:
-    """[4, 4] rigid transform rotating by `Rm` [3, 3] about the point `pivot` [3] (camera coords)."""
-    M = np.eye(4, dtype=np.float32)
-    M[:3, :3] = Rm
-    M[:3, 3] = pivot - Rm @ pivot
-    return M
-
-
-def apply_head_offset(viewmat: np.ndarray, yaw: float = 0.0, pitch: float = 0.0, roll: float = 0.0) -> np.ndarray:
-    """Rotate the head of `viewmat` [4, 4] about its own origin (t) by camera-axis angles in degrees."""
-    if yaw == 0 and pitch == 0 and roll == 0:
-        return viewmat
-    return about_pivot(euler_camera(yaw, pitch, roll), viewmat[:3, 3].astype(np.float32)) @ viewmat
-
-
-def pose_vectors(viewmats: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Split [N, 4, 4] into (mean rotation [3, 3], mean translation [3], x [N, 6] = [rotvec(R R̄ᵀ), t - t̄])."""
-    R = _rot()
-    rots = R.from_matrix(viewmats[:, :3, :3].astype(np.float64))
-    mean_r = rots.mean()
-    t = viewmats[:, :3, 3].astype(np.float64)
-    t_mean = t.mean(axis=0)
-    rv = (rots * mean_r.inv()).as_rotvec()
-    return mean_r.as_matrix(), t_mean, np.concatenate([rv, t - t_mean], axis=1)
-
-
-def pose_from_vector(x: np.ndarray, mean_R: np.ndarray, mean_t: np.ndarray) -> np.ndarray:
-    """Inverse of `pose_vectors` for one or many rows: x [..., 6] -> [..., 4, 4] float32."""
-    R = _rot()
-    x = np.asarray(x, np.float64)
-    flat = x.reshape(-1, 6)
-    rots = R.from_rotvec(flat[:, :3]) * R.from_matrix(mean_R)
-    out = np.tile(np.eye(4, dtype=np.float32), (flat.shape[0], 1, 1))
-    out[:, :3, :3] = rots.as_matrix()
-    out[:, :3, 3] = flat[:, 3:] + mean_t
-    return out.reshape(x.shape[:-1] + (4, 4))
-
-
-def blend_poses(a: np.ndarray, b: np.ndarray, w: float) -> np.ndarray:
-    """Slerp/lerp between two [4, 4] poses: w = 0 -> a, w = 1 -> b."""
-    R = _rot()
-    from scipy.spatial.transform import Slerp
-
-    s = Slerp([0.0, 1.0], R.from_matrix(np.stack([a[:3, :3], b[:3, :3]]).astype(np.float64)))
-    out = np.eye(4, dtype=np.float32)
-    out[:3, :3] = s([w]).as_matrix()[0]
-    out[:3, 3] = (1 - w) * a[:3, 3] + w * b[:3, 3]
-    return out
-
-
-def pose_step_sizes(viewmats: np.ndarray, length_scale: float = 1.0) -> np.ndarray:
-    """[N-1] frame-to-frame pose change: rotation angle (rad) + translation distance / length_scale."""
-    R = _rot()
-    r = R.from_matrix(viewmats[:, :3, :3].astype(np.float64))
-    ang = (r[1:] * r[:-1].inv()).magnitude()
-    dt = np.linalg.norm(np.diff(viewmats[:, :3, 3], axis=0), axis=1) / length_scale
-    return ang + dt
-
 
 # ---------------------------------------------------------------------------------------------
 # head pose generators (sequential: `pose(k)` for k = 0, 1, 2, ...)
@@ -223,7 +135,7 @@ class AudioPoseModel:
     """Video frames per coarse step."""
 
     @classmethod
-    def fit(cls, viewmats: np.ndarray, fps: float, level_db: np.ndarray | None = None, smooth_frames: float = 1.5) -> "AudioPoseModel":
+    def fit(cls, viewmats: np.ndarray, fps: float, level_db: np.ndarray | None = None, smooth_frames: float = 1.5) -> AudioPoseModel:
         """Fit on training poses [N, 4, 4] and (optionally) the training audio level [N] dBFS."""
         from scipy.ndimage import gaussian_filter1d
 
@@ -284,7 +196,7 @@ class AudioPoseModel:
             ratio = np.clip(target / np.maximum(got, 1e-12), 0.2, 5.0)
             self.c[:, 0] += np.log(np.where(target > 1e-9, ratio, 1.0))
 
-    def generator(self, seed: int = 0) -> "AudioPose":
+    def generator(self, seed: int = 0) -> AudioPose:
         return AudioPose(self, seed)
 
     def to_dict(self) -> dict:
@@ -360,23 +272,35 @@ class AudioPose:
         return x
 
 
+class PoseFromFile:
+    """`--pose FILE`: the `head` poses [N, 4, 4] of an exported motion .npz; frames past the end hold the last."""
+
+    def __init__(self, path: str | os.PathLike):
+        p = Path(path)
+        try:
+            z = np.load(p, allow_pickle=False)
+            self.head = np.asarray(z["head"], np.float32)
+        except (OSError, KeyError, ValueError) as e:
+            raise AvatarError(f"{p}: --pose expects replay, static, audio or an exported motion .npz with 'head' ({type(e).__name__})") from None
+        if self.head.ndim != 3 or self.head.shape[1:] != (4, 4) or len(self.head) == 0:
+            raise AvatarError(f"{p}: 'head' must be [N, 4, 4]")
+
+    def pose(self, k: int, level_db: float | None = None) -> np.ndarray:
+        return self.head[min(k, len(self.head) - 1)]
+
+
+class RetimedPose:
+    """Play a pose generator recorded at `source_fps` at its own speed whatever the output fps."""
+
+    def __init__(self, gen, source_fps: float, fps: float):
+        self.gen, self.ratio = gen, float(source_fps) / float(fps)
+
+    def pose(self, k: int, level_db: float | None = None) -> np.ndarray:
+        return self.gen.pose(int(round(k * self.ratio)))
+
+
 # ---------------------------------------------------------------------------------------------
 # camera paths (world = training camera frame; C_k maps it to the new camera)
-
-
-def orbit_path(num_frames: int, degrees: float, pivot: np.ndarray, fps: float, period_s: float = 6.0) -> np.ndarray:
-    """[num_frames, 4, 4] camera moves swinging the camera around `pivot` (the mean head position, [3])
-    left and right: yaw(k) = (degrees / 2) sin(2 pi k / (fps period_s)), i.e. `degrees` peak to peak.
-    Rotating about the head keeps the head centred in the image."""
-    k = np.arange(num_frames)
-    return np.stack([orbit_at(int(i), degrees, pivot, fps, period_s) for i in k]) if num_frames else np.zeros((0, 4, 4), np.float32)
-
-
-def orbit_at(k: int, degrees: float, pivot: np.ndarray, fps: float, period_s: float = 6.0) -> np.ndarray:
-    """One frame of `orbit_path` (streaming)."""
-    yaw = 0.5 * degrees * math.sin(2 * math.pi * k / (fps * period_s))
-    # moving the camera by +yaw around the head = rotating the world by -yaw about the pivot
-    return about_pivot(euler_camera(-yaw, 0.0, 0.0), np.asarray(pivot, np.float32))
 
 
 class CameraPath:
@@ -430,316 +354,3 @@ def load_camera_path(path: str | os.PathLike, pivot: np.ndarray) -> CameraPath:
     return CameraPath(arr, str(p))
 
 
-# ---------------------------------------------------------------------------------------------
-# blinks
-
-
-@dataclasses.dataclass
-class BlinkModel:
-    """Blink statistics of the training clip: rate, inter-blink interval spread, shape, open level.
-
-    Events are found with a hysteresis threshold on the person-normalised blink signal (1 = closed).
-    Intervals are drawn from a gamma distribution with the measured mean and coefficient of variation
-    (inter-blink intervals are right-skewed, roughly gamma; Ponder & Kennedy 1927, Bentivoglio et al.
-    1997). When the clip holds fewer than two blinks, the textbook values are used: 17 blinks/min
-    during rest/speech (Bentivoglio et al., Mov. Disord. 12(6), 1997) and ~0.25 s per blink.
-    """
-
-    fps: float
-    mean_interval_s: float
-    cv: float
-    template: np.ndarray  # [L] blink profile (0 = baseline, 1 = peak)
-    peak: float
-    baseline: float
-    learned: bool
-
-    @classmethod
-    def fit(cls, blink: np.ndarray, fps: float) -> "BlinkModel":
-        b = np.asarray(blink, np.float64).ravel()
-        b = np.nan_to_num(b, nan=0.0)
-        n = b.shape[0]
-        baseline = float(np.median(b)) if n else 0.0
-        events = _blink_events(b, hi=max(0.5, baseline + 0.3), lo=max(0.3, baseline + 0.15))
-        default_len = max(3, int(round(0.25 * fps)))
-        if len(events) >= 2:
-            onsets = np.array([e[0] for e in events], np.float64)
-            intervals = np.diff(onsets) / fps
-            mean_i = float(intervals.mean()) if len(intervals) else n / fps
-            cv = float(np.clip(intervals.std() / max(mean_i, 1e-6), 0.2, 1.5)) if len(intervals) > 1 else 0.5
-            # Template: mean profile around each event's peak, baseline-subtracted, normalised to peak 1.
-            lengths = [e[1] - e[0] for e in events]
-            half = int(np.clip(np.median(lengths), 1, fps)) + 1
-            prof = []
-            for s, e in events:
-                pk = s + int(np.argmax(b[s:e]))
-                if pk - half >= 0 and pk + half < n:
-                    prof.append(b[pk - half:pk + half + 1])
-            peak = float(np.median([b[s:e].max() for s, e in events]))
-            if prof:
-                tpl = np.mean(prof, axis=0) - baseline
-                tpl = np.clip(tpl / max(tpl.max(), 1e-6), 0.0, 1.0)
-                nz = np.nonzero(tpl > 0.02)[0]  # trim the flat (open-eye) ends
-                tpl = tpl[nz[0]:nz[-1] + 1] if len(nz) else tpl
-            else:
-                tpl = np.sin(np.linspace(0, np.pi, default_len)) ** 2
-            return cls(fps, mean_i, cv, tpl.astype(np.float32), peak, baseline, True)
-        peak = float(b.max()) if n and b.max() > baseline + 0.3 else 1.0
-        tpl = np.sin(np.linspace(0, np.pi, default_len + 2)[1:-1]) ** 2
-        return cls(fps, 60.0 / 17.0, 0.5, tpl.astype(np.float32), peak, baseline, False)
-
-    @property
-    def rate_per_min(self) -> float:
-        return 60.0 / self.mean_interval_s
-
-    def generator(self, seed: int = 0) -> "BlinkTrack":
-        return BlinkTrack(self, seed)
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["template"] = self.template.tolist()
-        d["rate_per_min"] = self.rate_per_min
-        return d
-
-
-def _blink_events(b: np.ndarray, hi: float, lo: float) -> list[tuple[int, int]]:
-    """Half-open frame ranges where b rises above `hi` (and until it falls below `lo`)."""
-    out = []
-    on = False
-    start = 0
-    for k, v in enumerate(b):
-        if not on and v > hi:
-            on, start = True, k
-            while start > 0 and b[start - 1] > lo:
-                start -= 1
-        elif on and v < lo:
-            on = False
-            out.append((start, k))
-    if on:
-        out.append((start, len(b)))
-    return out
-
-
-class BlinkTrack:
-    """Lazily generated blink signal: `value(k)` (any k, deterministic for a seed)."""
-
-    def __init__(self, model: BlinkModel, seed: int = 0):
-        self.m = model
-        self.rng = np.random.default_rng(seed)
-        self.onsets: list[int] = []
-        shape = 1.0 / max(model.cv, 1e-3) ** 2
-        self._shape, self._scale = shape, model.mean_interval_s / shape
-        self._next = self._draw() * 0.5  # the first blink comes a little sooner than average
-
-    def _draw(self) -> float:
-        return float(self.rng.gamma(self._shape, self._scale))
-
-    def value(self, k: int) -> float:
-        m = self.m
-        L = len(m.template)
-        min_gap = L + 2
-        while not self.onsets or self.onsets[-1] <= k + L:
-            onset = int(round(self._next * m.fps))
-            if self.onsets and onset < self.onsets[-1] + min_gap:
-                onset = self.onsets[-1] + min_gap
-            self.onsets.append(onset)
-            self._next = onset / m.fps + self._draw()
-        v = 0.0
-        for s in reversed(self.onsets):
-            if s + L <= k - L:
-                break
-            if s <= k < s + L:
-                v = max(v, float(m.template[k - s]))
-        return m.baseline + (m.peak - m.baseline) * v
-
-
-class ConstantBlink:
-    """`--blink off`: eyes held at the training clip's open level."""
-
-    def __init__(self, level: float):
-        self.level = float(level)
-
-    def value(self, k: int) -> float:
-        return self.level
-
-
-class FileBlink:
-    """`--blink FILE`: per-frame values from .npy/.txt/.json (a list) or the `blink` array of an
-    exported motion .npz; frames past the end hold the last value."""
-
-    def __init__(self, path: str | os.PathLike):
-        p = Path(path)
-        if not p.is_file():
-            raise AvatarError(f"{p}: no such blink file (give auto, off, or a .npy/.txt/.json/.npz file)")
-        try:
-            if p.suffix == ".npz":
-                z = np.load(p, allow_pickle=False)
-                if "blink" not in z:
-                    raise AvatarError(f"{p}: .npz has no 'blink' array")
-                arr = z["blink"]
-            elif p.suffix == ".npy":
-                arr = np.load(p, allow_pickle=False)
-            elif p.suffix == ".json":
-                obj = json.loads(p.read_text())
-                arr = obj.get("blink") if isinstance(obj, dict) else obj
-            else:
-                arr = np.loadtxt(p, dtype=np.float32, ndmin=1)
-            arr = np.asarray(arr, np.float32).ravel()
-        except (ValueError, TypeError, OSError, json.JSONDecodeError) as e:
-            raise AvatarError(f"{p}: unreadable blink file ({type(e).__name__}); expected one value per frame") from None
-        if arr.size == 0 or not np.isfinite(arr).all():
-            raise AvatarError(f"{p}: blink file is empty or holds NaN/inf")
-        self.values = np.clip(arr, 0.0, 1.0)
-
-    def value(self, k: int) -> float:
-        return float(self.values[min(k, len(self.values) - 1)])
-
-
-# ---------------------------------------------------------------------------------------------
-# silence -> closed mouth
-
-
-class SpeechGate:
-    """Streaming per-frame speech detector: `push(wav16k)` then `frames_ready()` / `speech(k)`.
-
-    `silero`: silero-vad's probability per 512-sample (32 ms) window, computed chunk by chunk with
-    the model's own state (identical to `get_speech_timestamps`' internal pass, so offline and
-    streaming agree); a frame's probability is the max over windows overlapping its 1/fps span.
-    `energy`: RMS level over the frame's span above `energy_db` dBFS.
-    Then hysteresis (on >= `threshold`, off < `threshold - 0.15`) and padding: a frame counts as
-    speech if any frame within [k - pad_before, k + pad_after] is speech, so plosive onsets and
-    word ends keep their mouth shapes. `pad_after` frames is this gate's look-ahead.
-    """
-
-    WINDOW = 512
-    RATE = SAMPLE_RATE
-
-    def __init__(self, fps: float, kind: VadKind = "silero", threshold: float = 0.5, energy_db: float = -45.0,
-                 pad_before: int = 3, pad_after: int = 2):
-        self.fps = float(fps)
-        self.kind = kind
-        self.threshold = float(threshold)
-        self.energy_db = float(energy_db)
-        self.pad_before, self.pad_after = int(pad_before), int(pad_after)
-        self._buf = np.zeros(0, np.float32)
-        self._consumed = 0  # samples fed to the model
-        self._probs: list[float] = []  # one per 512-sample window
-        self._raw: list[bool] = []  # per-frame raw decision (after hysteresis)
-        self._state = False
-        self._ended = False
-        self._total = None
-        self._ebuf = np.zeros(0, np.float32)  # energy mode: samples from absolute index _ebuf_start on
-        self._ebuf_start = 0
-        self._model = None
-        if kind == "silero":
-            import torch
-            from silero_vad import load_silero_vad
-
-            self._torch = torch
-            self._model = load_silero_vad()
-            self._model.reset_states()
-        elif kind != "energy":
-            raise AvatarError(f"unknown voice-activity detector '{kind}' (silero or energy)")
-
-    def push(self, wav: np.ndarray) -> None:
-        wav = np.asarray(wav, np.float32).ravel()
-        if self.kind == "energy":
-            self._ebuf = np.concatenate([self._ebuf, wav])
-            self._consumed += wav.shape[0]
-            return
-        self._buf = np.concatenate([self._buf, wav])
-        n = (self._buf.shape[0] // self.WINDOW) * self.WINDOW
-        if n:
-            with self._torch.no_grad():
-                for i in range(0, n, self.WINDOW):
-                    x = self._torch.from_numpy(self._buf[i:i + self.WINDOW].copy())
-                    self._probs.append(float(self._model(x, self.RATE)))
-            self._buf = self._buf[n:]
-            self._consumed += n
-
-    def end(self) -> None:
-        """No more audio: pad the last partial window with silence."""
-        if self._ended:
-            return
-        self._total = self._consumed + (self._buf.shape[0] if self.kind == "silero" else 0)
-        if self.kind == "silero" and self._buf.shape[0]:
-            self.push(np.zeros(self.WINDOW - self._buf.shape[0], np.float32))
-        self._ended = True
-
-    def _frame_raw_available(self) -> int:
-        """Frames whose raw decision can be made from the audio seen so far."""
-        if self._ended:
-            return 10 ** 12
-        # frame k needs audio up to (k + 0.5) / fps
-        t = self._consumed / self.RATE
-        return max(0, int(math.floor(t * self.fps - 0.5 + 1e-9)) + 1) if t > 0 else 0
-
-    def _decide(self, k: int) -> bool:
-        a = (k - 0.5) / self.fps
-        b = (k + 0.5) / self.fps
-        if self.kind == "energy":
-            ia = max(0, int(round(a * self.RATE)) - self._ebuf_start)
-            ib = max(0, int(round(b * self.RATE)) - self._ebuf_start)
-            seg = self._ebuf[ia:ib].astype(np.float64)
-            e = float((seg ** 2).sum()) / max(round((b - a) * self.RATE), 1)
-            p = 1.0 if 10 * math.log10(e + 1e-10) > self.energy_db else 0.0
-            drop = max(0, int(round(b * self.RATE)) - 1 - self._ebuf_start - int(self.RATE / self.fps))
-            if drop > 0:  # keep memory bounded: the next frame starts after this one's centre
-                self._ebuf = self._ebuf[drop:]
-                self._ebuf_start += drop
-        else:
-            wa = max(0, int(math.floor(a * self.RATE / self.WINDOW)))
-            wb = int(math.ceil(b * self.RATE / self.WINDOW))
-            seg = self._probs[wa:min(wb, len(self._probs))]
-            p = max(seg) if seg else 0.0
-        if self._state:
-            self._state = p >= self.threshold - 0.15
-        else:
-            self._state = p >= self.threshold
-        return self._state
-
-    def advance(self, upto: int) -> None:
-        """Compute raw decisions for frames < upto (as far as the audio allows)."""
-        lim = min(upto, self._frame_raw_available())
-        while len(self._raw) < lim:
-            self._raw.append(self._decide(len(self._raw)))
-
-    def ready(self, k: int, num_frames: int | None = None) -> bool:
-        """Whether speech(k) is final: raw decisions known up to k + pad_after (or the clip end)."""
-        need = k + self.pad_after + 1
-        if num_frames is not None:
-            need = min(need, num_frames)
-        self.advance(need)
-        return len(self._raw) >= need
-
-    def speech(self, k: int) -> bool:
-        a = max(0, k - self.pad_before)
-        b = min(len(self._raw), k + self.pad_after + 1)
-        return any(self._raw[a:b])
-
-
-def silent_rows(train_feats: np.ndarray, level_db: np.ndarray | None, mouth_open: np.ndarray | None, k: int = 8) -> np.ndarray:
-    """[D] the training clip's feature of silence with a closed mouth.
-
-    Scores each training frame by rank of audio level plus rank of mouth opening (lower = better),
-    averages the `k` best rows. With neither signal, falls back to the lowest-energy-looking rows
-    (smallest feature norm), a weak but deterministic choice.
-    """
-    f = np.asarray(train_feats, np.float32)
-    n = f.shape[0]
-    score = np.zeros(n)
-    used = False
-    for sig in (level_db, mouth_open):
-        if sig is not None and len(sig) == n:
-            score += np.argsort(np.argsort(np.asarray(sig, np.float64))) / max(n - 1, 1)
-            used = True
-    if not used:
-        score = np.linalg.norm(f, axis=1)
-    best = np.argsort(score, kind="stable")[: max(1, min(k, n))]
-    return f[best].mean(axis=0)
-
-
-def close_mouth(row: np.ndarray, silent: np.ndarray, speech_weight: float) -> np.ndarray:
-    """Blend one feature row towards the silent row: weight 1 keeps speech, 0 gives silence."""
-    if speech_weight >= 1.0:
-        return row
-    return speech_weight * row + (1.0 - speech_weight) * silent

@@ -8,8 +8,9 @@
 
 model.pt (written atomically at the end of `avatar fit`) holds the model config and state, the
 render camera (K, width, height at the training resolution), the audio feature description, the
-training poses/blinks (to replay head motion for new audio, as TalkingGaussian/ER-NeRF do) and the
-background plate.
+training poses/blinks (to replay head motion for new audio, as TalkingGaussian/ER-NeRF do), the
+background plate and the silence statistics of the training clip (`training_stats`,
+avatar/engine/features.py), so inference never reads the training dataset.
 """
 
 from __future__ import annotations
@@ -48,9 +49,29 @@ def save_model(path: str | Path, model, cfg, data, data_dir: str | Path) -> None
         "train_viewmats": data.viewmats[tr.to(data.viewmats.device)].cpu(),
         "train_blink": data.blink[tr.to(data.blink.device)].cpu(),
         "background": (data.background.cpu() * 255).round().to(torch.uint8),
+        "training_stats": _training_stats_payload(model, data, data_dir),
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
+
+
+def _training_stats_payload(model, data, data_dir) -> dict | None:
+    """The silence statistics `Speaker` needs (silent row, level track, closed-mouth window), computed once
+    from the dataset at the end of training; None (inference falls back to the dataset) if unreadable."""
+    from avatar.engine.features import dataset_stats
+
+    split = data.info.split["train"]
+    try:
+        was = model.training
+        model.eval()
+        try:
+            st = dataset_stats(model, Path(data_dir).resolve(), getattr(data, "feature_name", None), tuple(split[:2]),
+                               next(model.parameters()).device)
+        finally:
+            model.train(was)
+    except (AvatarError, OSError, KeyError, ValueError, TypeError):
+        return None
+    return st.to_payload() | {"source": st.source}
 
 
 def plate_homographies(K: torch.Tensor, cameras: torch.Tensor, depth: float) -> torch.Tensor:
@@ -126,9 +147,16 @@ class Avatar:
         self.train_blink: torch.Tensor = payload["train_blink"].float().to(self.device)  # [N]
         self.background: torch.Tensor = payload["background"].float().to(self.device) / 255.0  # [H, W, 3]
         self.backend: str = payload["config"].get("backend", "auto")
+        st = payload.get("training_stats")
+        self.training_stats = None
+        """`TrainingStats` saved by `avatar fit` (None for runs saved before they were: read from the dataset)."""
+        if st is not None:
+            from avatar.engine.features import TrainingStats
+
+            self.training_stats = TrainingStats.from_payload(st, f"{st.get('source', '')} (stored in model.pt)")
 
     @classmethod
-    def load(cls, run_dir: str | Path, device: str = "auto") -> "Avatar":
+    def load(cls, run_dir: str | Path, device: str = "auto") -> Avatar:
         run_dir = Path(run_dir)
         path = run_dir / "model.pt" if run_dir.is_dir() or not run_dir.suffix else run_dir
         if not path.is_file():

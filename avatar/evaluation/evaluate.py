@@ -23,14 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from avatar.core.dataset_format import HEAD_LABELS, MASK_LABELS, load_dataset
+from avatar.core.dataset_format import (HEAD_LABELS, MASK_LABELS, DatasetInfo, FrameCache, held_out_indices,
+                                        load_dataset, resize_frame)
+from avatar.core.landmarks import MOUTH_LANDMARKS, mouth_opening
 from avatar.errors import AvatarError
-from avatar.core.landmarks import MOUTH_LANDMARKS
-from avatar.core.landmarks import mouth_opening
-from avatar.train.losses import psnr, ssim
+from avatar.evaluation.metrics import psnr, ssim
+from avatar.model.audio import window_indices
 
 METRIC_KEYS = ("head_psnr", "full_psnr", "head_ssim", "full_ssim", "lmd", "lmd_no_audio", "mouth_corr")
-
 
 
 def _tracker():
@@ -43,17 +43,48 @@ def _tracker():
         return None
 
 
+class HeldOutFrames:
+    """A run's held-out frames with their real inputs, at the run's render resolution.
+
+    `batch(k)` gives what the model renders frame k from (its feature window, head pose and blink, as
+    in training: edge-padded windows of `av.feature_window` rows with `av.feature_future` look-ahead)
+    and the real frame to compare with (rgb [1, H, W, 3] in [0, 1], labels [1, H, W]), resized
+    exactly as training resizes (`avatar.core.dataset_format.resize_frame`). The frames are
+    `held_out_indices(info)`, the split the in-training PSNR uses too.
+    """
+
+    def __init__(self, info: DatasetInfo, av, feature: str | None = None):
+        self.info, self.av, self.device = info, av, av.device
+        self.width, self.height = int(av.width), int(av.height)
+        name = feature or info.default_feature
+        pose = info.camera_pose()
+        blink = info.blink()
+        if pose.R.shape[0] != info.num_frames or len(blink) != info.num_frames:
+            raise AvatarError(f"{info.root}: pose.npz/blink.npy do not have one row per frame; re-run preprocess")
+        self.viewmats = torch.as_tensor(pose.viewmats(), device=self.device)  # [N, 4, 4]
+        self.blink = torch.as_tensor(blink.astype(np.float32), device=self.device)  # [N]
+        self.feats = torch.as_tensor(np.array(info.feature(name), np.float32), device=self.device)  # [N, D]
+        self.indices = held_out_indices(info)
+        self._frames = FrameCache(info, capacity=4)
+
+    def batch(self, k: int) -> dict[str, torch.Tensor]:
+        """Inputs and real frame of frame k: feats [1, W, D], viewmats [1, 4, 4], blink [1], rgb, labels."""
+        rgb, lab = resize_frame(*self._frames.get(int(k)), self.width, self.height)
+        idx = torch.tensor([int(k)], device=self.device)
+        win = window_indices(idx, self.av.feature_window, self.av.feature_future, self.feats.shape[0])
+        return {"feats": self.feats[win], "viewmats": self.viewmats[idx], "blink": self.blink[idx],
+                "rgb": torch.as_tensor(rgb[None], device=self.device).float() / 255.0,  # [1, H, W, 3]
+                "labels": torch.as_tensor(lab[None], device=self.device).long()}  # [1, H, W]
+
+
 def evaluate_run(run_dir: str | Path, device: str = "auto", write: bool = True, max_frames: int = 0,
                  lmd: bool = True, progress: bool = False) -> dict:
     """Render the held-out frames of a finished run and compute the metrics (see module docstring)."""
     import cv2
     from tqdm import tqdm
 
-    from avatar.core.config import from_dict
     from avatar.core.io import atomic_path, write_json_atomic
-    from avatar.engine.runtime import Avatar
-    from avatar.train.config import DataConfig
-    from avatar.train.data import FitData
+    from avatar.engine import Avatar
 
     run_dir = Path(run_dir)
     av = Avatar.load(run_dir, device=device)
@@ -61,9 +92,9 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", write: bool = True, 
     if not (root / "dataset.json").is_file() and (run_dir / "data" / "dataset.json").is_file():
         root = run_dir / "data"
     info = load_dataset(root)
-    dcfg = from_dict(DataConfig, av.config["data"])
-    data = FitData(info, dcfg, av.feature_window, av.device, future=av.feature_future)
-    val = data.val_idx if len(data.val_idx) else data.train_idx[-max(1, len(data.train_idx) // 11):]
+    feature = av.feature_meta.get("name") or (av.config.get("data") or {}).get("feature")
+    data = HeldOutFrames(info, av, feature)
+    val = data.indices
     if max_frames and len(val) > max_frames:
         val = val[np.linspace(0, len(val) - 1, max_frames).round().astype(int)]
     head_ids = torch.tensor([MASK_LABELS[h] for h in HEAD_LABELS], device=av.device)
@@ -81,7 +112,7 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", write: bool = True, 
             stack.enter_context(trk_real)
             stack.enter_context(trk_fake)
         for k in tqdm(val, desc="eval", disable=not progress, dynamic_ncols=True):
-            batch = data.batch([int(k)])
+            batch = data.batch(int(k))
             pred = av.render(batch["feats"], batch["viewmats"], batch["blink"])["rgb"]  # [1, H, W, 3]
             gt = batch["rgb"]
             hm = torch.isin(batch["labels"], head_ids)[..., None].float()
@@ -137,12 +168,3 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", write: bool = True, 
         old.update(metrics)
         write_json_atomic(path, old)
     return metrics
-
-
-def eval_audio(run_dir: str | Path, audio_path: str | Path) -> dict:
-    """Lip-sync metric on new audio (the speak issue): delegates to `avatar.evaluation.lipsync` when it exists."""
-    try:
-        import avatar.evaluation.lipsync as lipsync  # type: ignore[import-not-found]
-    except ImportError:
-        raise AvatarError("--audio evaluation is not available yet (avatar.evaluation.lipsync is not installed)") from None
-    return lipsync.eval_audio(run_dir, audio_path)

@@ -31,7 +31,7 @@ def _lip_gaussians(avatar, k: int = 6) -> tuple[np.ndarray, np.ndarray] | None:
     from avatar.core.landmarks import LOWER_INNER_LIP, UPPER_INNER_LIP
 
     try:
-        shape3d = load_dataset(avatar.core.dataset_format["root"]).camera_pose().shape3d  # [478, 3]
+        shape3d = load_dataset(avatar.dataset["root"]).camera_pose().shape3d  # [478, 3]
     except (AvatarError, OSError, KeyError):
         return None
     means = avatar.model.head.params["means"].detach().cpu().numpy()  # [N, 3]
@@ -79,7 +79,7 @@ def render_sync(avatar, audio_path: str | os.PathLike, speak_config=None, *, min
     from avatar.core.audio import load_audio
     from avatar.core.avsync import av_offset
     from avatar.core.landmarks import mouth_opening as mp_mouth_opening
-    from avatar.engine.speak import SpeakConfig, Speaker
+    from avatar.engine import SpeakConfig, Speaker
 
     cfg = speak_config or SpeakConfig()
     sp = Speaker(avatar, cfg)
@@ -98,7 +98,7 @@ def render_sync(avatar, audio_path: str | os.PathLike, speak_config=None, *, min
                 face_open.append(float(mp_mouth_opening(lm[None])[0]))
     n = len(face_open)
     ratio = found / max(n, 1)
-    rec = sp._record
+    rec = sp.last_record
     if ratio >= min_face_ratio:
         mouth = _interp_nan(np.array(face_open))
         measure = "facemesh"
@@ -123,7 +123,7 @@ def clip_sync(avatar) -> dict:
     try:
         from avatar.core.dataset_format import load_dataset
 
-        info = load_dataset(avatar.core.dataset_format["root"])
+        info = load_dataset(avatar.dataset["root"])
         if info.has_audio and info.path("audio.wav").is_file() and info.path("landmarks.npy").is_file():
             gt_wav = load_audio(info.path("audio.wav"), sr=SR)
             gt_mouth = mp_mouth_opening(np.asarray(info.landmarks()))
@@ -144,7 +144,7 @@ def eval_audio(run_dir: str | os.PathLike, audio_path: str | os.PathLike, *, dev
     (`render_sync` + `clip_sync`; bench/lipsync.py runs them over a folder of audio files).
     """
     from avatar.core.audio import probe_duration
-    from avatar.engine.runtime import Avatar
+    from avatar.engine import Avatar
 
     if max_duration is not None and probe_duration(audio_path) > max_duration:
         raise AvatarError(f"{audio_path}: longer than {max_duration:.0f} s; lip-sync evaluation is meant for clips")

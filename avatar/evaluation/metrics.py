@@ -1,4 +1,7 @@
-"""Image losses and metrics: masked L1, SSIM with a Gaussian window (own implementation), PSNR.
+"""Image metrics: SSIM with a Gaussian window (own implementation), PSNR, masked means.
+
+They live with evaluation (`avatar eval`); training imports them from here for its photometric loss
+(D-SSIM = 1 - SSIM) and its in-training PSNR, so both measure with the same definitions.
 
 SSIM follows Wang et al. 2004 ("Image quality assessment: from error visibility to structural
 similarity"): local means/variances under an 11x11 Gaussian window with sigma 1.5, constants

@@ -1,1 +1,1 @@
-"""Training: configs and presets, data streaming, losses, densification strategy, trainer, checkpoints."""
+"""Training: configs and presets (configs/*.yaml), data streaming, densification strategy, trainer, checkpoints."""

@@ -13,7 +13,7 @@ class DataConfig:
     """What is read from the dataset folder and at which resolution."""
 
     resolution: int = 256
-    """Training/render resolution: the longer image side in pixels (0 = the dataset's own resolution)."""
+    """Training/render resolution: the LONGER image side in pixels, as `PreprocessConfig.resolution` (0 = the dataset's own size; never upscaled)."""
     feature: str | None = None
     """Audio feature name under features/ (None = the dataset's default_feature)."""
     cache_frames: int = 3000
@@ -104,7 +104,7 @@ class OptimConfig:
 
 @dataclasses.dataclass
 class FitConfig:
-    """Everything `avatar fit` needs. Presets: avatar/train/presets.py (cpu, gpu, tiny)."""
+    """Everything `avatar fit` needs. Presets: configs/NAME.yaml (cpu, gpu, tiny), loaded by avatar/train/presets.py."""
 
     iters: int = 6000
     """Training steps (one frame per step)."""

@@ -12,21 +12,14 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from avatar.core.dataset_format import MASK_LABELS, PERSON_LABELS, DatasetInfo, FrameCache
+from avatar.core.dataset_format import (MASK_LABELS, PERSON_LABELS, DatasetInfo, FrameCache, held_out_indices,
+                                        render_size, resize_frame)
 from avatar.errors import AvatarError
 from avatar.model.audio import feature_windows, window_indices, window_offsets
 from avatar.core.landmarks import LIPS_OUTER, LOWER_INNER_LIPS, MOTION_LANDMARKS
 from avatar.train.config import DataConfig
 
 PERSON_IDS = tuple(MASK_LABELS[n] for n in PERSON_LABELS)
-
-
-def render_size(width: int, height: int, resolution: int) -> tuple[int, int, float]:
-    """(w, h, scale) for a longer side of `resolution` px (0 or larger than the source = unchanged)."""
-    if resolution <= 0 or resolution >= max(width, height):
-        return width, height, 1.0
-    s = resolution / max(width, height)
-    return max(8, round(width * s)), max(8, round(height * s)), s
 
 
 class FitData:
@@ -68,7 +61,7 @@ class FitData:
         bg = cv2.resize(cv2.cvtColor(bg, cv2.COLOR_BGR2RGB), (self.width, self.height), interpolation=cv2.INTER_AREA)
         self.background = torch.as_tensor(bg, device=self.device).float() / 255.0  # [H, W, 3]
         self.train_idx = info.indices("train")
-        self.val_idx = info.indices("val")
+        self.val_idx = held_out_indices(info)  # the frames `avatar eval` measures (avatar.core.dataset_format)
         if len(self.train_idx) == 0:
             raise AvatarError(f"{info.root}/dataset.json: empty training split")
         self._decoder = FrameCache(info, capacity=4)
@@ -80,17 +73,12 @@ class FitData:
 
     def frame(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(rgb uint8 [h, w, 3], labels uint8 [h, w]) of frame k at the training resolution."""
-        import cv2
-
         k = int(k)
         hit = self._cache.get(k)
         if hit is not None:
             self._cache.move_to_end(k)
             return hit
-        rgb, lab = self._decoder.get(k)
-        if (rgb.shape[1], rgb.shape[0]) != (self.width, self.height):
-            rgb = cv2.resize(rgb, (self.width, self.height), interpolation=cv2.INTER_AREA)
-            lab = cv2.resize(lab, (self.width, self.height), interpolation=cv2.INTER_NEAREST)
+        rgb, lab = resize_frame(*self._decoder.get(k), self.width, self.height)
         self._cache[k] = (rgb, lab)
         if len(self._cache) > self.cfg.cache_frames:
             self._cache.popitem(last=False)

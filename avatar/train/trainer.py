@@ -24,12 +24,12 @@ import torch
 from avatar.core.config import from_dict, save_yaml, to_dict
 from avatar.core.dataset_format import load_dataset
 from avatar.errors import AvatarError
+from avatar.evaluation.metrics import masked_mean, psnr, ssim_map
 from avatar.model.avatar_model import AvatarModel
 from avatar.model.config import ModelConfig
 from avatar.train.checkpoint import load_latest, save_checkpoint
 from avatar.train.config import DataConfig, FitConfig
 from avatar.train.data import PERSON_IDS, FitData
-from avatar.train.losses import masked_mean, psnr, ssim_map
 from avatar.train.strategy import DensifyStrategy
 
 AUDIO_ATT_LR_FACTOR = 5.0  # TalkingGaussian trains AudioAttNet at 5x the network rate
@@ -294,7 +294,7 @@ class Trainer:
         """Held-out PSNR (full frame and head mask) on `data.val_frames` evenly spaced val frames."""
         from avatar.core.dataset_format import HEAD_LABELS, MASK_LABELS
 
-        val = self.data.val_idx if len(self.data.val_idx) else self.data.train_idx[-1:]
+        val = self.data.val_idx  # avatar.core.dataset_format.held_out_indices, as `avatar eval`
         n = n or self.cfg.data.val_frames
         pick = val[np.linspace(0, len(val) - 1, min(n, len(val))).round().astype(int)]
         full, head, images = [], [], []
