@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*backend.*")
     import torch
 
-    result: dict = {"bench": "fit", "video": str(args.video)}
+    result: dict = {"bench": "fit", "video": None if args.data else str(args.video), "data": str(args.data) if args.data else None}
     data_dir = args.data
     if data_dir is None:
         from avatar.preprocess.pipeline import run_preprocess
