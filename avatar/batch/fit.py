@@ -64,7 +64,7 @@ def fit_one(src: str, run_dir: str, cfg) -> dict[str, Any]:
 
 
 def run_names(inputs: list[str]) -> list[str]:
-    names = [Path(p).stem if Path(p).is_file() else Path(p).name for p in inputs]
+    names = [Path(p).stem if Path(p).suffix.lower() in VIDEO_SUFFIXES else Path(p).name for p in inputs]
     dup = [n for n, c in collections.Counter(names).items() if c > 1]
     if dup:
         raise AvatarError(f"two inputs would train the same run RUNSDIR/{dup[0]}; rename one of them")
