@@ -267,7 +267,7 @@ def test_fit_cli_on_a_dataset_folder_and_video_reuse(tiny_data, tmp_path, capsys
     import shutil
 
     from avatar.cli import main
-    from avatar.commands.fit import prepare_dataset
+    from avatar.preprocess.inputs import dataset_for as prepare_dataset
 
     run = tmp_path / "run"
     assert main(["fit", str(tiny_data), "-o", str(run), "--preset", "tiny", "--iters", "3", "--final_eval", "false",

@@ -20,30 +20,7 @@ from typing import Any
 from avatar.batch import state
 from avatar.batch.cluster import ray_session
 from avatar.errors import AvatarError
-
-VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")  # as avatar/commands/fit.py
-
-
-def prepare_dataset(src: Path, run_dir: Path, progress: bool = False) -> Path:
-    """A dataset folder for `src`: itself if it is one, else RUN/data (preprocessed now unless complete).
-
-    TODO(layers): this is avatar/commands/fit.py's `prepare_dataset`, which avatar.batch may not import
-    (layer 7); move it to avatar.preprocess (e.g. `pipeline.dataset_for(src, run_dir)`) and call it from both."""
-    from avatar.core.dataset_format import DATASET_JSON
-
-    if src.is_dir():
-        return src
-    if not src.is_file():
-        raise AvatarError(f"{src}: no such video or dataset folder")
-    if src.suffix.lower() not in VIDEO_SUFFIXES:
-        raise AvatarError(f"{src}: not a video ({', '.join(VIDEO_SUFFIXES)}) or a dataset folder")
-    data_dir = run_dir / "data"
-    if (data_dir / DATASET_JSON).is_file():
-        return data_dir
-    from avatar.preprocess.pipeline import run_preprocess
-
-    run_preprocess(src, data_dir)
-    return data_dir
+from avatar.preprocess.inputs import dataset_for, run_name
 
 
 def fit_one(src: str, run_dir: str, cfg) -> dict[str, Any]:
@@ -53,7 +30,7 @@ def fit_one(src: str, run_dir: str, cfg) -> dict[str, Any]:
     t0 = time.perf_counter()
     out: dict[str, Any] = {"status": "failed", "pid": os.getpid()}
     try:
-        data_dir = prepare_dataset(Path(src), Path(run_dir))
+        data_dir = dataset_for(src, run_dir)
         metrics = fit(cfg, data_dir, run_dir, progress=False)
         out.update(status="done", metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))})
     except Exception as e:  # noqa: BLE001
@@ -64,7 +41,7 @@ def fit_one(src: str, run_dir: str, cfg) -> dict[str, Any]:
 
 
 def run_names(inputs: list[str]) -> list[str]:
-    names = [Path(p).stem if Path(p).suffix.lower() in VIDEO_SUFFIXES else Path(p).name for p in inputs]
+    names = [run_name(p) for p in inputs]
     dup = [n for n, c in collections.Counter(names).items() if c > 1]
     if dup:
         raise AvatarError(f"two inputs would train the same run RUNSDIR/{dup[0]}; rename one of them")

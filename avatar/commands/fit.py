@@ -11,10 +11,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse
 from pathlib import Path
 
-from avatar.errors import AvatarError
-
-VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
-
 
 def add_parser(subparsers, name: str, summary: str) -> None:
     from avatar.core.config import add_dataclass_args
@@ -37,28 +33,6 @@ def add_parser(subparsers, name: str, summary: str) -> None:
     p.set_defaults(func=run)
 
 
-def prepare_dataset(src: Path, run_dir: Path) -> Path:
-    """A dataset folder for `src`: itself if it is one, else RUN/data (preprocessed now unless complete)."""
-    from avatar.core.dataset_format import DATASET_JSON
-
-    if src.is_dir():
-        return src
-    if not src.is_file():
-        raise AvatarError(f"{src}: no such video or dataset folder")
-    if src.suffix.lower() not in VIDEO_SUFFIXES:
-        raise AvatarError(f"{src}: not a video ({', '.join(VIDEO_SUFFIXES)}) or a dataset folder")
-    data_dir = run_dir / "data"
-    if (data_dir / DATASET_JSON).is_file():
-        return data_dir
-    try:
-        from avatar.preprocess.pipeline import run_preprocess
-    except ImportError:
-        raise AvatarError("preprocessing is not available in this installation; run `avatar preprocess` separately") from None
-    print(f"preprocessing {src} -> {data_dir}")
-    run_preprocess(src, data_dir)
-    return data_dir
-
-
 def run(args: argparse.Namespace) -> int:
     from avatar.core.config import apply_overrides, overrides_from_args
     from avatar.train.presets import get_preset
@@ -66,7 +40,9 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = apply_overrides(get_preset(args.preset), overrides_from_args(args))
     run_dir = Path(args.output)
-    data_dir = prepare_dataset(Path(args.input), run_dir)
+    from avatar.preprocess.inputs import dataset_for
+
+    data_dir = dataset_for(args.input, run_dir, log=print)
     metrics = fit(cfg, data_dir, run_dir, progress=not args.no_progress)
     from avatar.commands.eval import print_table
 
