@@ -53,7 +53,8 @@ setup(
     python_requires=">=3.10",
     packages=packages,
     package_dir=package_dir,
-    package_data={"cuda_ext": ["csrc/*.h", "csrc/*.cpp", "csrc/*.cu", "csrc/*.cuh"], "avatar.viewer": ["static/*"]},
+    package_data={"cuda_ext": ["csrc/*.h", "csrc/*.cpp", "csrc/*.cu", "csrc/*.cuh"], "avatar.viewer": ["static/*"],
+                  "avatar.serve": ["static/*"]},
     include_package_data=True,
     ext_modules=ext_modules,
     cmdclass=cmdclass,
@@ -81,6 +82,9 @@ setup(
         "transformers>=4.40",
         # `avatar batch` (issue 16): embedded local Ray by default, or a cluster; 2.60.0 has Python 3.11 wheels.
         "ray==2.60.0",
+        # `avatar serve` (issue 15): WebRTC (1.16.0 works with av 18.1.0 on Python 3.11) and the HTTP server.
+        "aiortc==1.16.0",
+        "aiohttp==3.14.5",
     ],
     extras_require={
         "test": ["pytest>=7", "playwright>=1.40"],

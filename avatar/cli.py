@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "speak": ("avatar.commands.speak", "render a trained avatar saying an audio file (mp4 with audio)"),
     "view": ("avatar.commands.view", "open the interactive 3D web viewer for a trained avatar"),
     "export": ("avatar.commands.export", "export a trained avatar (Gaussian .ply, motion files)"),
+    "serve": ("avatar.commands.serve", "serve a live talking avatar to the browser (WebRTC) with an HTTP API"),
     "batch": ("avatar.commands.batch", "render many clips / fit many avatars on this machine or a Ray cluster"),
 }
 

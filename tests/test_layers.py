@@ -14,10 +14,11 @@ its own package, any lower layer, and nothing else):
     5  avatar.train, avatar.viewer (viewer/)          training; the interactive viewer
     6  avatar.testing                                 fixtures (tiny datasets and trained runs)
     6  avatar.batch                                   bulk speak / fit on local or cluster Ray
+    6  avatar.serve                                   live avatar server (WebRTC, HTTP API)
     7  avatar.commands, avatar.cli                    the CLI
 
 Two packages on the same layer do not import each other (preprocess <-> model, train <-> viewer,
-testing <-> batch).
+testing <-> batch <-> serve).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ LAYERS = [  # (package prefix, layer); the longest matching prefix wins
     ("avatar.engine", 3),
     ("avatar.evaluation", 4),
     ("avatar.train", 5), ("avatar.viewer", 5),
-    ("avatar.testing", 6), ("avatar.batch", 6),
+    ("avatar.testing", 6), ("avatar.batch", 6), ("avatar.serve", 6),
     ("avatar.commands", 7), ("avatar.cli", 7),
 ]
 

@@ -177,3 +177,16 @@ def test_old_run_without_stored_statistics_reads_the_dataset(tiny_run, tmp_path)
     assert r.stdout.strip() == "extractor(silence)"
     warn = [ln for ln in r.stderr.splitlines() if "warning" in ln]
     assert len(warn) == 1 and "re-run `avatar fit`" in warn[0]
+
+
+def test_silero_gate_keeps_the_torch_thread_count():
+    """`import silero_vad` sets torch to 1 thread process-wide; building the gate must not change it.
+    In a fresh interpreter, so silero is imported for the first time here."""
+    import subprocess
+    import sys
+
+    code = ("import torch; torch.set_num_threads(2); from avatar.engine.gate import SpeechGate; "
+            "SpeechGate(fps=25.0, kind='silero'); print(torch.get_num_threads())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "2"

@@ -52,10 +52,15 @@ class SpeechGate:
         self._model = None
         if kind == "silero":
             import torch
+
+            # `import silero_vad` calls torch.set_num_threads(1) for the whole process (silero_vad/model.py),
+            # which silently halved rendering speed on 2 cores: keep the caller's thread count.
+            threads = torch.get_num_threads()
             from silero_vad import load_silero_vad
 
             self._torch = torch
             self._model = load_silero_vad()
+            torch.set_num_threads(threads)
             self._model.reset_states()
         elif kind != "energy":
             raise AvatarError(f"unknown voice-activity detector '{kind}' (silero or energy)")
