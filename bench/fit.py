@@ -1,5 +1,11 @@
 """Benchmark `avatar fit`: held-out head PSNR and LMD against wall-clock training minutes, peak RAM.
 
+Each evaluation also renders the held-out frames at the SOURCE clip's size (what `avatar speak` writes) and
+reports psnr_native_head (landmark box + 10 %) / psnr_native_full against the source frames, next to the
+training-resolution figure psnr_train_res (avatar/evaluation/evaluate.py). Issue 12 targets on
+macron_50s_30fps.mp4 / german_anchor_20s.mp4, cpu preset, 2 cores, <= 30 min: native head >= 29 dB,
+native full >= 28 dB.
+
     python bench/fit.py                                   # CPU preset, lieu_60s_256px.mp4, 30 min
     python bench/fit.py --minutes 5 --every 1             # shortened run
     python bench/fit.py --data DATA_DIR                   # reuse a preprocessed dataset
@@ -40,7 +46,7 @@ def peak_rss_mb() -> float:
 
 
 def run_preset(preset: str, data_dir: Path, out: Path, minutes: float, every: float, device: str, eval_frames: int,
-               overrides: dict[str, str]) -> dict:
+               overrides: dict[str, str], lmd: bool = True) -> dict:
     from avatar.core.config import apply_overrides
     from avatar.evaluation.evaluate import evaluate_run
     from avatar.train.presets import get_preset
@@ -73,11 +79,14 @@ def run_preset(preset: str, data_dir: Path, out: Path, minutes: float, every: fl
         last = now
         if tr.elapsed >= mark * 60 or tr.step >= cfg.iters or tr.elapsed >= minutes * 60:
             tr.finish(evaluate=False)
-            m = evaluate_run(out, device=str(tr.device), write=False, max_frames=eval_frames)
+            m = evaluate_run(out, device=str(tr.device), write=False, max_frames=eval_frames, lmd=lmd)
             row = {"minutes": round(tr.elapsed / 60, 2), "step": tr.step, "head_psnr": round(m["head_psnr"], 3),
                    "full_psnr": round(m["full_psnr"], 3), "head_ssim": round(m["head_ssim"], 4),
                    "lmd": round(m["lmd"], 3), "lmd_no_audio": round(m["lmd_no_audio"], 3),
-                   "mouth_corr": round(m["mouth_corr"], 3), "gaussians": sum(len(s) for s in tr.model.sets().values())}
+                   "mouth_corr": round(m["mouth_corr"], 3), "gaussians": sum(len(s) for s in tr.model.sets().values()),
+                   "psnr_native_head": round(m["psnr_native_head"], 3), "psnr_native_full": round(m["psnr_native_full"], 3),
+                   "psnr_train_res": round(m["psnr_train_res"], 3), "native_resolution": m["native_resolution"],
+                   "psnr_labels": {k: round(v, 2) for k, v in m["psnr_labels"].items()}}
             curve.append(row)
             print(f"[{preset}] {json.dumps(row)}", flush=True)
             mark += every
@@ -99,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iters", type=int, default=0, help="schedule length (0 = the preset's)")
     ap.add_argument("--resolution", type=int, default=0, help="override data.resolution of the presets (0 = keep)")
     ap.add_argument("--no-gpu", action="store_true")
+    ap.add_argument("--no-lmd", action="store_true", help="skip the MediaPipe lip distance (faster evaluations)")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore", message=".*backend.*")
     import torch
@@ -116,10 +126,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.resolution:
         over["data.resolution"] = str(args.resolution)
     torch.set_num_threads(2)
-    result["cpu"] = run_preset("cpu", data_dir, args.out / "cpu", args.minutes, args.every, "cpu", args.eval_frames, over)
+    result["cpu"] = run_preset("cpu", data_dir, args.out / "cpu", args.minutes, args.every, "cpu", args.eval_frames, over,
+                               lmd=not args.no_lmd)
+    fin = result["cpu"]["final"]
+    result["targets"] = {"psnr_native_head": [fin.get("psnr_native_head"), ">= 29"],
+                         "psnr_native_full": [fin.get("psnr_native_full"), ">= 28"], "cpu_minutes": [args.minutes, "<= 30"]}
     if torch.cuda.is_available() and not args.no_gpu:
         result["gpu"] = run_preset("gpu", data_dir, args.out / "gpu", args.gpu_minutes, max(1.0, args.gpu_minutes / 5),
-                                   "cuda", args.eval_frames, over)
+                                   "cuda", args.eval_frames, over, lmd=not args.no_lmd)
         result["gpu"]["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)
     else:
         result["gpu"] = None

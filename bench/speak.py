@@ -1,8 +1,13 @@
 """Benchmark `avatar speak`: end-to-end frames/s and streaming latency.
 
     python bench/speak.py                       the real-data fixture run (bench/_common.py, cached under --out)
-    python bench/speak.py --run runs/NAME       a trained run, at its training resolution
+    python bench/speak.py --run runs/NAME       a trained run, at its source clip's size
     python bench/speak.py --run runs/NAME --audio speech.wav --seconds 20 --repeats 5
+    python bench/speak.py --run runs/NAME --sizes source,1920x1080 --sizes-only --seconds 3   output sizes only
+
+Output sizes (issue 12): `cpu_sizes` gives end-to-end frames/s at the source clip's size (what `avatar speak`
+writes by default) and at 1920x1080 (letterboxed for a square clip), with the peak RSS (target: >= 25 frames/s
+at 512² on 2 cores, <= 2 GB).
 
 Default model: a small avatar trained once on the real clip may_5s.mp4 (`fixture_run`), so the figures are
 those of a real run's Gaussians, feature extractor and resolution, not of the 64 px test cartoon. Default audio:
@@ -102,6 +107,37 @@ def bench_device(run: Path, device: str, audio: Path, wav: np.ndarray, batch: in
     return res
 
 
+def bench_sizes(run: Path, device: str, audio: Path, wav: np.ndarray, batch: int, repeats: int, out_dir: Path,
+                sizes: list[str]) -> dict:
+    """End-to-end frames/s (audio file -> mp4 with audio) at output sizes: "source" (the default of
+    `avatar speak`: the source clip's size) and WxH (with --fit pad when the aspect differs from the source's).
+    Issue 12 targets: >= 25 frames/s at native 512² on 2 CPU cores, the same asked at 1920x1080; peak RAM <= 2 GB."""
+    import resource
+
+    import torch
+
+    from avatar.engine import Avatar, SpeakConfig, Speaker
+
+    av = Avatar.load(run, device=device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else None
+    res = {}
+    for size in sizes:
+        cfg = SpeakConfig(batch=batch) if size == "source" else SpeakConfig(batch=batch, size=size)
+        try:
+            sp = Speaker(av, cfg)
+        except Exception:  # noqa: BLE001 - another aspect than the source's: letterbox it
+            sp = Speaker(av, SpeakConfig(batch=batch, size=size, fit="pad"))
+        out = out_dir / f"bench_speak_{device.replace(':', '_')}_{size}.mp4"
+        t = time_median(lambda: sp.render_file(audio, out, progress=False), repeats=repeats, sync=sync)
+        n = sp.render_file(audio, out, progress=False)["frames"]
+        key = f"{sp.width}x{sp.height}"
+        res[key] = {"requested": size, "e2e_fps": round(n / (t["median_ms"] / 1000), 2), "frames": n,
+                    "fit": sp.cfg.fit, "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+        print(f"[{device}] native sizes: {key} ({size}): end-to-end {res[key]['e2e_fps']:.1f} frames/s, "
+              f"peak RSS so far {res[key]['peak_rss_mb']:.0f} MB", flush=True)
+    return res
+
+
 def stream_paced(sp, wav: np.ndarray, chunk: int) -> dict:
     """Stream `wav` with chunks released at real time (a live source); per frame, the time from the
     scheduled arrival of the chunk that completed it to the frame being ready (queueing included)."""
@@ -130,6 +166,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=5, help="timed runs after a warm-up (median reported)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="bench output folder (fixture run cached there)")
+    ap.add_argument("--sizes", default="source,1920x1080",
+                    help="output sizes timed end to end (comma separated: source = the clip's own size, or WxH)")
+    ap.add_argument("--sizes-only", action="store_true", help="only the output-size figures (a short run on a busy machine)")
     args = ap.parse_args(argv)
 
     import torch
@@ -139,6 +178,14 @@ def main(argv: list[str] | None = None) -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {len(wav) / SR:.1f} s of audio; run {run}")
     out: dict = {"bench": "speak", "run": str(run), "audio": str(args.audio or DEFAULT_AUDIO),
                  "machine": machine("cuda" if torch.cuda.is_available() else "cpu")}  # before the engine changes threads
+    sizes = [x.strip() for x in args.sizes.split(",") if x.strip()]
+    out["cpu_sizes"] = bench_sizes(run, "cpu", audio, wav, args.batch, args.repeats, args.out, sizes)
+    import resource
+
+    out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    if args.sizes_only:
+        emit(out, device="cpu")
+        return
     out["cpu"] = bench_device(run, "cpu", audio, wav, args.batch, args.repeats, args.out)
     if torch.cuda.is_available():
         out["gpu"] = bench_device(run, "cuda", audio, wav, max(args.batch, 32), args.repeats, args.out)

@@ -327,3 +327,32 @@ def _fill_holes(plate: np.ndarray, holes: np.ndarray) -> np.ndarray:
     out = plate.copy()
     out[holes] = np.clip(np.round(col[holes]), 0, 255).astype(np.uint8)
     return out
+
+
+def source_plate(info, samples: int = 16) -> np.ndarray | None:
+    """The background plate at the SOURCE clip's size (uint8 [H, W, 3]) for full-size output (issue 12).
+
+    The dataset keeps frames at `PreprocessConfig.resolution` (512 px long side): a 1920x1080 clip's plate
+    would be upscaled 2.1x at full size. Here `samples` evenly spaced source frames are read back at their own
+    size (avatar.core.dataset_format.iter_source_frames) with the dataset's label maps upsampled (nearest), and
+    run through the same `BackgroundAccumulator` as the masks stage (margins scaled to the source size).
+    None when the source is the dataset size already (background.png is then that plate) or is unreadable."""
+    import cv2
+
+    from avatar.core.dataset_format import iter_source_frames, source_size
+
+    sw, sh = source_size(info)
+    if (sw, sh) == (info.width, info.height):
+        return None
+    s = max(sw / info.width, sh / info.height)
+    idx = np.unique(np.linspace(0, info.num_frames - 1, max(1, samples)).round().astype(int))
+    acc = BackgroundAccumulator(sh, sw, max_samples=len(idx), margin=5.0 * s, stride=1)
+    try:
+        for k, rgb in iter_source_frames(info, idx):
+            lab = cv2.imread(str(info.mask_path(k)), cv2.IMREAD_UNCHANGED)
+            if lab is None:
+                return None
+            acc.add(rgb, cv2.resize(lab, (sw, sh), interpolation=cv2.INTER_NEAREST))
+    except (AvatarError, OSError, ValueError):
+        return None
+    return acc.finish()

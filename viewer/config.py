@@ -24,5 +24,10 @@ class ViewerConfig:
     """render device: auto, cpu, cuda, cuda:N"""
     max_upload_mb: float = 20.0
     """largest audio upload accepted from the browser, in MB"""
+    size: str | None = None
+    """render size WIDTHxHEIGHT or xHEIGHT in pixels (default: the source clip's size, as `avatar speak`); the
+    browser window sets the aspect, so the height is what counts; the adaptive factor lowers it while moving"""
+    scale: float | None = None
+    """render size as a factor of the source clip's size, instead of --size"""
     vad: Literal["silero", "energy", "off"] = "silero"
     """voice activity used to close the mouth in silence while a clip plays (as `avatar speak --vad`)"""

@@ -34,9 +34,9 @@ def build_gui(v) -> None:
         v._blink = gui.add_slider("Blink", 0.0, 1.0, 0.01, round(v._default_blink, 2))
         v._lip = gui.add_slider("Lip scale", 0.0, 2.0, 0.05, 1.0)
     with gui.add_folder("View"):
-        full = int(v.avatar.height)
-        hi = max(64, min(1024, full * 2))
-        v._res = gui.add_slider("Resolution (px)", 64, hi, 16, int(min(full, 512) // 16 * 16),
+        full = int(getattr(v, "output_height", v.avatar.height))  # the source clip's height by default
+        hi = max(64, min(2048, full * 2))
+        v._res = gui.add_slider("Resolution (px)", 64, hi, 16, max(64, int(round(full / 16)) * 16),
                                 hint="render height; the adaptive factor lowers it while moving")
         v._adaptive = gui.add_checkbox("Adaptive resolution", True)
         v._torso = gui.add_checkbox("Torso", True)

@@ -101,6 +101,9 @@ class AvatarViewer:
         self.last_error: str | None = None
         self.feature_warning: str | None = None
         self.speaker = self._make_speaker(cfg)
+        # the size rule of `avatar speak` (issue 12): the source clip's height unless --size / --scale
+        self.output_height = (int(avatar.output_frame(cfg.size, cfg.scale, "stretch").height)
+                              if hasattr(avatar, "output_frame") else int(avatar.height))
 
         V = np.asarray(to_numpy(avatar.train_viewmats), np.float64)  # [N, 4, 4]
         self._home_index = representative_view(V)

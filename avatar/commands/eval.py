@@ -30,7 +30,11 @@ def add_parser(subparsers, name: str, summary: str) -> None:
 
 def print_table(metrics: dict, file=None) -> None:
     file = file if file is not None else sys.stdout  # resolved at call time (stdout may be swapped)
-    rows = [("head PSNR (dB)", "head_psnr"), ("full PSNR (dB)", "full_psnr"), ("head SSIM", "head_ssim"),
+    rows = [("native head PSNR", "psnr_native_head"), ("native full PSNR", "psnr_native_full"),
+            ("train-res PSNR", "psnr_train_res"), ("native head SSIM", "ssim_native_head"),
+            ("native full SSIM", "ssim_native_full"), ("train-res SSIM", "ssim_train_res"),
+            ("native size", "native_resolution"),
+            ("head PSNR (dB)", "head_psnr"), ("full PSNR (dB)", "full_psnr"), ("head SSIM", "head_ssim"),
             ("full SSIM", "full_ssim"), ("LMD (px)", "lmd"), ("LMD, audio off", "lmd_no_audio"),
             ("mouth corr", "mouth_corr"), ("fit time (s)", "fit_time_s"), ("iterations", "iters"),
             ("Gaussians", "num_gaussians"), ("eval frames", "eval_frames"),
@@ -41,6 +45,12 @@ def print_table(metrics: dict, file=None) -> None:
             v = metrics[key]
             text = f"{v:.4f}" if isinstance(v, float) and not math.isnan(v) else str(v)
             print(f"  {label:<16} {text}", file=file)
+    labels = metrics.get("psnr_labels") or {}
+    if labels:
+        share = metrics.get("error_share_labels") or {}
+        print("  PSNR by label at native size (dB, share of the squared error):", file=file)
+        for name, v in labels.items():
+            print(f"    {name:<12} {v:7.2f}  {100 * share.get(name, 0.0):5.1f} %", file=file)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -2,6 +2,8 @@
 
     avatar speak runs/NAME --audio speech.mp3 -o out.mp4             H.264 + AAC, frame exact
     avatar speak runs/NAME --audio a.wav -o out.mp4 --pose audio --orbit 30
+    avatar speak runs/NAME --audio a.wav -o out.mp4 --size x720       720 p high, the clip's aspect
+    avatar speak runs/NAME --audio a.wav -o out.mp4 --size 1080x1920 --fit pad   another aspect: pad|crop|stretch
     avatar speak runs/NAME --audio a.wav -o frames/ --background transparent   RGBA PNGs + audio.wav
     avatar speak runs/NAME --audio a.wav -o out.webm --background transparent  VP9 video with alpha + Opus
     avatar speak runs/NAME --audio a.wav --stream -o - | ffplay -f rawvideo -pixel_format rgb24 \\
@@ -10,7 +12,8 @@
 
 Input: wav (8/16/24/32-bit int, float), mp3, flac, ogg, m4a, 8-48 kHz, mono/stereo, or a video file (its
 audio track). Output frame k shows the mouth for the audio at time k/fps; the output has
-round(duration x fps) frames. With --stream, audio is read in real time (a file is paced at its own
+round(duration x fps) frames, at the source clip's size unless --size/--scale say otherwise (a bad size, or
+another aspect without --fit, stops before anything is written: one line, exit code 2). With --stream, audio is read in real time (a file is paced at its own
 speed; `--audio -` reads raw 16 kHz mono s16le from stdin) and raw RGB24 frames (RGBA with
 --background transparent) are written to stdout (`-o -`) or to a file/named pipe as soon as they are ready.
 """
@@ -33,7 +36,7 @@ DEFAULT_MAX_DURATION = 600.0
 SPEAK_GROUPS = {
     "head pose and camera": ("pose", "loop", "yaw", "pitch", "roll", "orbit", "orbit_period", "camera_path"),
     "face": ("blink", "lip_scale", "vad", "vad_threshold", "energy_db"),
-    "output": ("background", "torso", "fps", "seed", "batch", "feature_model_dir"),
+    "output": ("size", "scale", "fit", "background", "torso", "fps", "seed", "batch", "feature_model_dir"),
     "streaming": ("stream_segment_frames", "stream_past_s", "stream_future_frames", "window_lookahead"),
 }
 """Help sections of the generated SpeakConfig options; fields not listed go to "engine"."""
@@ -41,7 +44,7 @@ SPEAK_FLAGS = {"stream_segment_frames": ("--stream-segment", "--stream-segment-f
                "feature_model_dir": ("--feature-model", "--feature-model-dir")}
 """Flags kept from before the options were generated (a user contract); the field's own name is an alias."""
 SPEAK_METAVARS = {"pose": "MODE", "orbit": "DEGREES", "orbit_period": "S", "camera_path": "FILE", "blink": "MODE",
-                  "background": "BG", "stream_segment_frames": "FRAMES", "feature_model_dir": "DIR"}
+                  "background": "BG", "size": "WxH", "scale": "F", "stream_segment_frames": "FRAMES", "feature_model_dir": "DIR"}
 
 
 def add_parser(subparsers, name: str, summary: str) -> argparse.ArgumentParser:
@@ -101,6 +104,19 @@ def _check_inputs(args: argparse.Namespace) -> None:
         raise AvatarError("--audio - (stdin) needs --stream")
     if args.orbit < 0 or args.orbit > 360:
         raise AvatarError(f"--orbit {args.orbit}: degrees must be in [0, 360]")
+    if args.size is not None or args.scale is not None or args.fit is not None:
+        from avatar.core.camera import parse_size
+
+        # the request alone, before loading the run (Speaker checks it against the source size)
+        try:
+            if args.size is not None:
+                parse_size(args.size)
+        except ValueError as e:
+            raise AvatarError(str(e)) from None
+        if args.scale is not None and not (np.isfinite(args.scale) and args.scale > 0):
+            raise AvatarError(f"--scale {args.scale}: must be a positive number")
+        if args.size is not None and args.scale is not None:
+            raise AvatarError("--size and --scale both given: choose one")
     if args.orbit_period <= 0:
         raise AvatarError(f"--orbit-period {args.orbit_period}: must be positive")
 
@@ -110,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     from avatar.engine import Avatar, Speaker
 
     avatar = Avatar.load(args.run, device=args.device)
-    speaker = Speaker(avatar, _config(args))
+    speaker = Speaker(avatar, _config(args))  # a bad --size/--scale/--fit stops here: one line, exit 2, no file
     if args.stream:
         return _run_stream(args, speaker)
     summary = speaker.render_file(args.audio, args.output, max_duration=None if args.allow_long else args.max_duration,
@@ -159,7 +175,7 @@ def _run_stream(args: argparse.Namespace, speaker) -> int:
     chunks = _stdin_chunks(chunk) if args.audio == "-" else _file_chunks(args.audio, chunk, not args.no_realtime)
     av = speaker.avatar
     ch = 4 if speaker.transparent else 3
-    print(f"avatar speak --stream: raw {'rgba' if ch == 4 else 'rgb24'} frames {av.width}x{av.height} at {speaker.fps:g} fps; "
+    print(f"avatar speak --stream: raw {'rgba' if ch == 4 else 'rgb24'} frames {speaker.width}x{speaker.height} at {speaker.fps:g} fps; "
           f"algorithmic delay {speaker.delay_s() * 1000:.0f} ms", file=sys.stderr)
     out = sys.stdout.buffer if args.output == "-" else open(args.output, "wb")  # a named pipe blocks until read
     n = 0

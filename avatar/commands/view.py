@@ -47,6 +47,16 @@ def run(args: argparse.Namespace) -> int:
               f"use the viewer and upload audio (no authentication). Use the default 127.0.0.1 (or an SSH "
               f"tunnel) unless you mean it.", file=sys.stderr)
 
+    if cfg.size is not None or cfg.scale is not None:  # a bad request: one line, exit 2, before anything starts
+        from avatar.core.camera import parse_size
+
+        try:
+            if cfg.size is not None:
+                parse_size(cfg.size)
+        except ValueError as e:
+            raise AvatarError(str(e)) from None
+        if cfg.scale is not None and not (cfg.scale > 0 and cfg.scale < float("inf")):
+            raise AvatarError(f"--scale {cfg.scale}: must be a positive number")
     from avatar.engine import Avatar
     from avatar.viewer.clips import ClipLibrary
     from avatar.viewer.server import AvatarViewer

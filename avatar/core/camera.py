@@ -13,6 +13,7 @@ Pure numpy (scipy for the rotation means); no torch, so any layer may import it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -166,3 +167,121 @@ def orbit_path(num_frames: int, degrees: float, pivot: np.ndarray, fps: float, p
     if not num_frames:
         return np.zeros((0, 4, 4), np.float32)
     return np.stack([orbit_at(k, degrees, pivot, fps, period_s) for k in range(num_frames)])
+
+
+# ---------------------------------------------------------------------------------------------
+# output frames: the size contract of `avatar speak` / `avatar view` (issue 12)
+
+MAX_OUTPUT_SIDE = 8192
+"""Largest output side accepted (pixels): beyond it the encoder and the memory give out, not the model."""
+MIN_OUTPUT_SIDE = 16
+"""Smallest output side accepted (pixels)."""
+FIT_MODES = ("stretch", "pad", "crop")
+"""How a size whose aspect differs from the source is filled: stretch (scale x and y apart), pad (scale to
+fit inside, letterbox the rest), crop (scale to cover, cut the overflow)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputFrame:
+    """Where the source image lands in the output frame.
+
+    The renderer draws a (render_w, render_h) image whose pixel u = sx * u_src + ox (v likewise) for a
+    source pixel u_src, i.e. intrinsics K_render = diag(sx, sy, 1) @ K_src + offsets; that image is then
+    pasted at (pad_x, pad_y) into the (width, height) output (`pad` mode; elsewhere the two coincide)."""
+
+    width: int
+    height: int
+    render_w: int
+    render_h: int
+    sx: float
+    sy: float
+    ox: float = 0.0
+    oy: float = 0.0
+    pad_x: int = 0
+    pad_y: int = 0
+
+    def intrinsics(self, K_src: np.ndarray) -> np.ndarray:
+        """[3, 3] K of the render image for the source intrinsics K_src (pixels of the source)."""
+        K = np.asarray(K_src, np.float64).copy()
+        K[0] = K[0] * self.sx
+        K[1] = K[1] * self.sy
+        K[0, 2] += self.ox
+        K[1, 2] += self.oy
+        return K
+
+    @property
+    def padded(self) -> bool:
+        return (self.render_w, self.render_h) != (self.width, self.height)
+
+
+def parse_size(text: str) -> tuple[int | None, int | None]:
+    """'WxH' | 'Wx' | 'xH' | 'W' -> (W or None, H or None). One-line `ValueError` for anything else."""
+    s = str(text).strip().lower().replace("×", "x")
+    import re
+
+    m = re.fullmatch(r"(\d+)?\s*(?:x\s*(\d+)?)?", s)
+    if not s or m is None or (m.group(1) is None and m.group(2) is None):
+        raise ValueError(f"--size '{text}': use WIDTHxHEIGHT in pixels (e.g. 1280x720), or 1280x / x720 to keep the aspect")
+    w = int(m.group(1)) if m.group(1) is not None else None
+    h = int(m.group(2)) if m.group(2) is not None else None
+    for name, v in (("width", w), ("height", h)):
+        if v is not None and not MIN_OUTPUT_SIDE <= v <= MAX_OUTPUT_SIDE:
+            raise ValueError(f"--size '{text}': {name} {v} is outside {MIN_OUTPUT_SIDE}..{MAX_OUTPUT_SIDE} pixels")
+    return w, h
+
+
+def output_frame(src_w: int, src_h: int, size: str | tuple | None = None, scale: float | None = None,
+                 fit: str | None = None) -> OutputFrame:
+    """The output frame for a source of src_w x src_h pixels (issue 12's size contract).
+
+    Default: the source size. `scale` F: round(F x source), aspect kept. `size`: 'WxH' (both given: that
+    exact size; its aspect must match the source's to within the rounding of one pixel unless `fit` says how
+    to fill it: stretch / pad / crop), or one side ('1280x', 'x720', aspect kept). Raises `ValueError`
+    with one line for a bad request (the CLI turns it into exit code 2)."""
+    if size is not None and scale is not None:
+        raise ValueError("--size and --scale both given: choose one")
+    if fit is not None and fit not in FIT_MODES:
+        raise ValueError(f"--fit '{fit}': choose from {', '.join(FIT_MODES)}")
+    w, h = (size if isinstance(size, tuple) else parse_size(size)) if size is not None else (None, None)
+    if scale is not None:
+        if not (math.isfinite(scale) and scale > 0):
+            raise ValueError(f"--scale {scale}: must be a positive number")
+        w, h = int(round(src_w * scale)), None
+    if w is not None and h is None:
+        h = int(round(src_h * w / src_w))
+    elif h is not None and w is None:
+        w = int(round(src_w * h / src_h))
+    if w is None:
+        w, h = int(src_w), int(src_h)
+    assert h is not None
+    for name, v in (("width", w), ("height", h)):
+        if not MIN_OUTPUT_SIDE <= v <= MAX_OUTPUT_SIDE:
+            what = f"--scale {scale}" if scale is not None else f"--size {size}"
+            raise ValueError(f"{what}: output {name} {v} is outside {MIN_OUTPUT_SIDE}..{MAX_OUTPUT_SIDE} pixels")
+    sx, sy = w / src_w, h / src_h
+    same_aspect = abs(round(src_h * sx) - h) <= 1 or abs(round(src_w * sy) - w) <= 1
+    if same_aspect or fit == "stretch":
+        return OutputFrame(w, h, w, h, sx, sy)
+    if fit is None:
+        raise ValueError(f"--size {w}x{h}: aspect {w / h:.3f} differs from the source's {src_w}x{src_h} ({src_w / src_h:.3f}); "
+                         f"add --fit pad (letterbox), --fit crop (fill and cut) or --fit stretch, or give one side only")
+    s = min(sx, sy) if fit == "pad" else max(sx, sy)
+    rw, rh = int(round(src_w * s)), int(round(src_h * s))
+    if fit == "pad":
+        return OutputFrame(w, h, rw, rh, s, s, 0.0, 0.0, (w - rw) // 2, (h - rh) // 2)
+    return OutputFrame(w, h, w, h, s, s, (w - src_w * s) / 2, (h - src_h * s) / 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# head crop (the head layer of the renderer, avatar/engine/composite.py)
+
+
+def crop_intrinsics(K: np.ndarray, x0: float, y0: float, density: float = 1.0) -> np.ndarray:
+    """[3, 3] K of a crop whose top-left corner is pixel (x0, y0) of the image of K, rendered at `density`
+    crop pixels per image pixel: the same focal (times density) with the principal point shifted,
+    cx' = (cx - x0) density. A pixel centre u' + 0.5 of the crop is image position x0 + (u' + 0.5) / density."""
+    Kc = np.asarray(K, np.float64).copy()
+    Kc[0, 2] -= x0
+    Kc[1, 2] -= y0
+    Kc[:2] *= density
+    return Kc

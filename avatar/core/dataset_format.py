@@ -29,6 +29,12 @@ Resolution: everywhere in avatar (`PreprocessConfig.resolution`, `DataConfig.res
 resolution is the LONGER image side in pixels, the aspect ratio kept (`render_size`). Training,
 the in-training PSNR and `avatar eval` read the held-out frames through the same two functions here
 (`held_out_indices`, `resize_frame`), so they measure the same frames at the same size.
+
+Source size (issue 12). dataset.json's "source" records the clip's own size (width, height, upright), its path,
+and "time_origin": `avatar speak` writes video at that size by default, and full-size output is measured and
+its background plate rebuilt from the source frames themselves (`iter_source_frames`: dataset frame k is the
+source frame nearest to time_origin + k / fps), so the dataset never needs to hold frames larger than
+`PreprocessConfig.resolution`.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ import math
 import os
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -297,3 +303,68 @@ class FrameCache:
 
     def __len__(self) -> int:
         return len(self._cache)
+
+
+def source_size(info: DatasetInfo) -> tuple[int, int]:
+    """(width, height) of the source clip (dataset.json "source", upright); the dataset size when absent."""
+    src = info.raw.get("source") if isinstance(info.raw.get("source"), dict) else {}
+    try:
+        w, h = int(src["width"]), int(src["height"])
+    except (KeyError, TypeError, ValueError):
+        return info.width, info.height
+    return (w, h) if w > 0 and h > 0 else (info.width, info.height)
+
+
+def iter_source_frames(info: DatasetInfo, indices) -> "Iterator[tuple[int, np.ndarray]]":
+    """(k, rgb uint8 [H, W, 3] at the SOURCE resolution) for dataset frames `indices`, ascending.
+
+    The dataset keeps its frames at `PreprocessConfig.resolution`; full-size output is measured against the
+    source clip itself, read here from dataset.json's source path: dataset frame k is the source frame whose
+    pts is nearest to time_origin + k / fps (preprocess/decode.py's rule). Raises `AvatarError` when the
+    source file is gone or changed size (the caller falls back to the dataset frames)."""
+    import av
+
+    src = info.raw.get("source") if isinstance(info.raw.get("source"), dict) else {}
+    path = Path(str(src.get("path", "")))
+    if not path.is_file():
+        raise AvatarError(f"{path}: the source clip is not there any more")
+    want = sorted(int(k) for k in indices)
+    if not want:
+        return
+    sw, sh = source_size(info)
+    t0 = float(info.raw.get("time_origin", 0.0))
+    times = {k: t0 + k / info.fps for k in want}
+    j = 0
+    prev: tuple[float, np.ndarray] | None = None
+    with av.open(str(path)) as c:
+        vs = next((s for s in c.streams if s.type == "video"), None)
+        if vs is None:
+            raise AvatarError(f"{path}: has no video track")
+        vs.thread_type = "AUTO"
+        for frame in c.decode(vs):
+            if frame.pts is None:
+                continue
+            t = float(frame.pts * frame.time_base)
+            if (frame.width, frame.height) != (sw, sh):
+                raise AvatarError(f"{path}: frames are {frame.width}x{frame.height}, dataset.json says {sw}x{sh}")
+            cur = (t, frame.to_ndarray(format="rgb24"))
+            while j < len(want) and prev is not None and abs(prev[0] - times[want[j]]) <= abs(t - times[want[j]]):
+                yield want[j], prev[1]
+                j += 1
+            if j >= len(want):
+                return
+            prev = cur
+        while j < len(want) and prev is not None:
+            yield want[j], prev[1]
+            j += 1
+
+
+def head_box(landmarks: np.ndarray, sx: float, sy: float, width: int, height: int, pad: float = 0.1) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) integer box around one frame's landmarks [478, 2] (dataset pixels, scaled by sx, sy to
+    the target image) padded by `pad` x its size on every side, clipped to width x height (`avatar eval`'s head box)."""
+    p = np.asarray(landmarks, np.float64) * np.array([sx, sy])
+    lo, hi = p.min(0), p.max(0)
+    d = (hi - lo) * pad
+    x0, y0 = np.floor(lo - d).astype(int)
+    x1, y1 = np.ceil(hi + d).astype(int)
+    return max(0, int(x0)), max(0, int(y0)), min(width, int(x1)), min(height, int(y1))

@@ -14,6 +14,7 @@ from typing import Literal
 LoopMode = Literal["crossfade", "pingpong"]
 VadMode = Literal["silero", "energy", "off"]
 VadKind = Literal["silero", "energy"]
+FitMode = Literal["pad", "crop", "stretch"]
 
 
 @dataclasses.dataclass
@@ -56,6 +57,14 @@ class SpeakConfig:
     background: str = "plate"
     """plate (the training background), a colour (black, white, green, #RRGGBB, R,G,B), an image file, or
     transparent (RGBA PNG sequence folder or alpha .webm)"""
+    size: str | None = None
+    """output size WIDTHxHEIGHT in pixels (default: the source clip's size); one side only (1280x, x720) keeps the
+    aspect; both sides with another aspect than the source's need --fit"""
+    scale: float | None = None
+    """output size as a factor of the source clip's size (0.5: half), aspect kept; instead of --size"""
+    fit: FitMode | None = None
+    """how a --size of another aspect than the source is filled: pad (letterbox bars), crop (fill the frame, cut
+    the overflow) or stretch (scale width and height apart)"""
     torso: bool = True
     """render the torso Gaussians (--no-torso: the head only)"""
     seed: int = 0

@@ -10,7 +10,10 @@ model.pt (written atomically at the end of `avatar fit`) holds the model config 
 render camera (K, width, height at the training resolution), the audio feature description, the
 training poses/blinks (to replay head motion for new audio, as TalkingGaussian/ER-NeRF do), the
 background plate and the silence statistics of the training clip (`training_stats`,
-avatar/engine/features.py), so inference never reads the training dataset.
+avatar/engine/features.py), so inference never reads the training dataset; since issue 12 also the source
+clip's size ("source", the default output size: `output_frame`) and the sharpest plate there is ("plate": the
+source-size plate rebuilt from source frames, else the dataset's background.png). Older model files lack both
+and fall back to their dataset size and training plate.
 """
 
 from __future__ import annotations
@@ -49,10 +52,42 @@ def save_model(path: str | Path, model, cfg, data, data_dir: str | Path) -> None
         "train_viewmats": data.viewmats[tr.to(data.viewmats.device)].cpu(),
         "train_blink": data.blink[tr.to(data.blink.device)].cpu(),
         "background": (data.background.cpu() * 255).round().to(torch.uint8),
+        "source": _source_size(data.info),
+        "plate": _native_plate(data.info),
         "training_stats": _training_stats_payload(model, data, data_dir),
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
+
+
+def _source_size(info) -> dict:
+    """{"width", "height"} of the source clip (dataset.json "source", upright); the dataset size if absent."""
+    src = info.raw.get("source") if isinstance(info.raw.get("source"), dict) else {}
+    try:
+        w, h = int(src["width"]), int(src["height"])
+    except (KeyError, TypeError, ValueError):
+        w, h = info.width, info.height
+    return {"width": w, "height": h} if w > 0 and h > 0 else {"width": info.width, "height": info.height}
+
+
+def _native_plate(info) -> torch.Tensor | None:
+    """The background plate for native-size output (uint8 [H, W, 3]): at the source size when the source is
+    larger than the dataset and still readable, else background.png at the dataset resolution (the training
+    plate is at the training resolution); None if unreadable."""
+    import cv2
+
+    try:  # a source larger than the dataset: the plate rebuilt from source frames (preprocess/background.py)
+        from avatar.preprocess.background import source_plate
+
+        plate = source_plate(info)
+    except ImportError:  # pragma: no cover - preprocess not installed
+        plate = None
+    if plate is not None:
+        return torch.from_numpy(np.ascontiguousarray(plate))
+    bg = cv2.imread(str(info.path("background.png")), cv2.IMREAD_COLOR)
+    if bg is None:
+        return None
+    return torch.from_numpy(cv2.cvtColor(bg, cv2.COLOR_BGR2RGB).copy())
 
 
 def _training_stats_payload(model, data, data_dir) -> dict | None:
@@ -147,6 +182,15 @@ class Avatar:
         self.train_blink: torch.Tensor = payload["train_blink"].float().to(self.device)  # [N]
         self.background: torch.Tensor = payload["background"].float().to(self.device) / 255.0  # [H, W, 3]
         self.backend: str = payload["config"].get("backend", "auto")
+        src = payload.get("source") or {}
+        ds = self.dataset
+        self.source_width: int = int(src.get("width") or ds.get("width") or self.width)
+        """Width of the source clip in pixels: the default output size (`output_frame`). Runs saved before it was
+        stored fall back to their dataset size."""
+        self.source_height: int = int(src.get("height") or ds.get("height") or self.height)
+        plate = payload.get("plate")
+        self.plate: torch.Tensor = plate.float().to(self.device) / 255.0 if plate is not None else self.background
+        """[H, W, 3] the sharpest background plate stored (dataset resolution; the training one in older runs)."""
         st = payload.get("training_stats")
         self.training_stats = None
         """`TrainingStats` saved by `avatar fit` (None for runs saved before they were: read from the dataset)."""
@@ -170,6 +214,46 @@ class Avatar:
         if int(payload.get("version", 0)) > MODEL_VERSION:
             raise AvatarError(f"{path}: model version {payload.get('version')} is newer than this avatar supports")
         return cls(payload, device, run_dir if run_dir.is_dir() else path.parent)
+
+    @property
+    def source_K(self) -> torch.Tensor:
+        """[3, 3] intrinsics in pixels of the source clip (the training K scaled by source / training size)."""
+        K = self.K.clone()
+        K[0] *= self.source_width / self.width
+        K[1] *= self.source_height / self.height
+        return K
+
+    def output_frame(self, size: str | tuple | None = None, scale: float | None = None, fit: str | None = None):
+        """`avatar.core.camera.OutputFrame` for a requested size (default: the source clip's size); a bad request
+        raises a one-line `AvatarError` (exit code 2)."""
+        from avatar.core.camera import output_frame
+
+        try:
+            return output_frame(self.source_width, self.source_height, size, scale, fit)
+        except ValueError as e:
+            raise AvatarError(str(e)) from None
+
+    def plate_image(self, K: torch.Tensor, width: int, height: int) -> torch.Tensor:
+        """[height, width, 3] the plate seen by intrinsics K (same camera pose): the stored plate mapped by the
+        affine change of intrinsics (a plain resize when K is the training K scaled), edge pixels repeated."""
+        plate = self.plate
+        ph, pw = plate.shape[:2]
+        Kp = self.source_K.clone()
+        Kp[0] *= pw / self.source_width
+        Kp[1] *= ph / self.source_height
+        ax, ay = float(K[0, 0] / Kp[0, 0]), float(K[1, 1] / Kp[1, 1])
+        bx, by = float(K[0, 2] - ax * Kp[0, 2]), float(K[1, 2] - ay * Kp[1, 2])
+        img = plate.permute(2, 0, 1)[None]
+        if abs(bx) < 1e-3 and abs(by) < 1e-3 and abs(ax * pw - width) < 1 and abs(ay * ph - height) < 1:
+            if (width, height) == (pw, ph):
+                return plate
+            return torch.nn.functional.interpolate(img, size=(height, width), mode="bilinear", align_corners=False,
+                                                   antialias=width < pw)[0].permute(1, 2, 0)
+        xs = ((torch.arange(width, device=plate.device) + 0.5 - bx) / ax) / pw * 2 - 1
+        ys = ((torch.arange(height, device=plate.device) + 0.5 - by) / ay) / ph * 2 - 1
+        grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], -1)[None].float()  # [1, H, W, 2]
+        return torch.nn.functional.grid_sample(img, grid, mode="bilinear", padding_mode="border",
+                                               align_corners=False)[0].permute(1, 2, 0)
 
     @property
     def plate_depth(self) -> float:
@@ -210,7 +294,7 @@ class Avatar:
     def render(self, feats: torch.Tensor, viewmats: torch.Tensor, blink: torch.Tensor, *, K: torch.Tensor | None = None,
                width: int | None = None, height: int | None = None,
                background: Literal["plate"] | torch.Tensor | None = "plate", lip_scale: float = 1.0,
-               torso: bool = True, camera: torch.Tensor | np.ndarray | None = None) -> dict[str, torch.Tensor]:
+               torso: bool = True, camera: torch.Tensor | np.ndarray | None = None, frame=None) -> dict[str, torch.Tensor]:
         """Render B frames: feats [B, W, D] windows, viewmats [B, 4, 4] head->camera, blink [B].
 
         background: "plate" (the training plate, resized if width/height differ), a colour [3],
@@ -220,7 +304,11 @@ class Avatar:
         new camera frame; None = the training camera. Head and torso move as one body (see
         `AvatarModel.render`); a plate or image background is re-projected as a plane fronto-parallel to
         the training camera at PLATE_DEPTH_FACTOR x the mean head depth (`reproject_plate`); a colour
-        needs nothing. Returns rgb [B, H, W, 3] in [0, 1] and alpha [B, H, W, 1]."""
+        needs nothing. Returns rgb [B, H, W, 3] in [0, 1] and alpha [B, H, W, 1].
+        frame: an `output_frame(...)` (e.g. the source size): renders through it (K and size from the source
+        camera; letterbox bars of --fit pad are black, transparent or the colour background) and overrides
+        K / width / height. Layered models (`ModelConfig.layered`) draw the head in a head crop over the torso
+        layer (avatar/engine/composite.py)."""
         dev = self.device
         feats = torch.as_tensor(feats, device=dev).float()
         viewmats = torch.as_tensor(viewmats, device=dev).float()
@@ -236,6 +324,9 @@ class Avatar:
                 cams = cams[None].expand(feats.shape[0], 4, 4)
             if cams.shape != (feats.shape[0], 4, 4) or not bool(torch.isfinite(cams).all()):
                 raise AvatarError(f"camera must be finite [B, 4, 4] or [4, 4] with B = {feats.shape[0]}, got {tuple(cams.shape)}")
+        if frame is not None:
+            K = torch.as_tensor(frame.intrinsics(self.source_K.double().cpu().numpy()), dtype=torch.float32, device=dev)
+            width, height = frame.render_w, frame.render_h
         w, h = width or self.width, height or self.height
         if K is None:
             K = self.K.clone()
@@ -245,10 +336,11 @@ class Avatar:
         if isinstance(background, str):
             if background != "plate":
                 raise AvatarError(f"background must be 'plate', a colour [3], an image [H, W, 3] or None, not '{background}'")
-            bg = self.background
-            if (w, h) != (self.width, self.height):
-                bg = torch.nn.functional.interpolate(bg.permute(2, 0, 1)[None], size=(h, w), mode="bilinear",
-                                                     align_corners=False)[0].permute(1, 2, 0)
+            if frame is not None or (w, h) != (self.width, self.height):
+                bg = self.plate_image(torch.as_tensor(K, device=dev).float() if frame is not None else
+                                      self.K * torch.tensor([[w / self.width], [h / self.height], [1.0]], device=dev), w, h)
+            else:
+                bg = self.background
         elif background is not None:
             bg = torch.as_tensor(background, device=dev).float()
         K = torch.as_tensor(K, device=dev).float()
@@ -256,6 +348,19 @@ class Avatar:
             if bg.shape[:2] != (h, w):
                 raise AvatarError(f"background image must be [{h}, {w}, 3], got {tuple(bg.shape)}")
             bg = reproject_plate(bg, K, cams, self.plate_depth)
-        out = self.model.render(viewmats, feats, blink, K, w, h, bg,
-                                lip_scale=lip_scale, torso=torso, backend=self.backend, cameras=cams)
-        return {"rgb": out["rgb"].clamp(0, 1), "alpha": out["alpha"].clamp(0, 1)}
+        from avatar.engine.composite import render_layers
+
+        out = render_layers(self.model, viewmats, feats, blink, K, w, h, bg, lip_scale=lip_scale, torso=torso,
+                            backend=self.backend, cameras=cams)
+        rgb, alpha = out["rgb"].clamp(0, 1), out["alpha"].clamp(0, 1)
+        if frame is not None and frame.padded:  # --fit pad: letterbox bars (the colour background, else black)
+            fill = bg if bg is not None and bg.dim() == 1 else torch.zeros(3, device=dev)
+            canvas = fill.view(1, 1, 1, 3).expand(rgb.shape[0], frame.height, frame.width, 3).clone()
+            acanvas = torch.zeros(rgb.shape[0], frame.height, frame.width, 1, device=dev)
+            if bg is not None and bg.dim() == 1:
+                acanvas.fill_(1.0)
+            y, x = frame.pad_y, frame.pad_x
+            canvas[:, y:y + h, x:x + w] = rgb
+            acanvas[:, y:y + h, x:x + w] = alpha
+            rgb, alpha = canvas, acanvas
+        return {"rgb": rgb, "alpha": alpha, "boxes": out.get("boxes")}

@@ -11,6 +11,8 @@ Every path runs a `FrameEngine` (avatar/engine/engine.py: features per segment, 
 motion) and renders its `FrameBatch`es with `Speaker.render` (avatar/engine/runtime.py `Avatar.render`,
 composited by avatar/engine/background.py `to_uint8`). The streaming output equals the offline output
 frame for frame for the same segment settings; the algorithmic delay is reported by `Speaker.delay_s`.
+Every frame is drawn at `Speaker.width` x `Speaker.height`: the source clip's size unless `SpeakConfig.size` /
+`scale` / `fit` say otherwise (avatar/core/camera.py `output_frame`, issue 12).
 --export-motion records head (H_k before offsets), camera (C_k) and viewmats (C_k H_k with offsets);
 replaying head and camera reproduces the video (avatar/engine/track.py).
 """
@@ -71,7 +73,12 @@ class Speaker:
             raise AvatarError(f"--batch and --stream-segment-frames must be >= 1, got {c.batch} and {c.stream_segment_frames}")
         self.feature_fn = feature_fn or feature_fn_for(avatar.feature_meta, c.feature_model_dir)
         self.stats = stats or training_stats(avatar, self.feature_fn)
-        self.bg, self.transparent = parse_background(c.background, avatar.width, avatar.height)
+        # the output size contract (issue 12): the source clip's size unless --size / --scale say otherwise
+        self.frame = (avatar.output_frame(c.size, c.scale, c.fit) if hasattr(avatar, "output_frame") else None)
+        """`avatar.core.camera.OutputFrame` of every frame this speaker renders (None: a stand-in avatar
+        without one renders at its own width x height)."""
+        rw, rh = (self.frame.render_w, self.frame.render_h) if self.frame is not None else (avatar.width, avatar.height)
+        self.bg, self.transparent = parse_background(c.background, rw, rh)
         if self.bg is not None and not isinstance(self.bg, str):
             import torch
 
@@ -84,6 +91,16 @@ class Speaker:
         self.last_record: dict | None = None
         """Per-frame motion of the last render made with record=True (`export_motion`)."""
         self.last_stats: dict = {}
+
+    @property
+    def width(self) -> int:
+        """Output frame width in pixels (the source clip's by default)."""
+        return int(self.frame.width) if self.frame is not None else int(self.avatar.width)
+
+    @property
+    def height(self) -> int:
+        """Output frame height in pixels."""
+        return int(self.frame.height) if self.frame is not None else int(self.avatar.height)
 
     # -- engine ----------------------------------------------------------------------------------
     def _segmenting(self, streaming: bool) -> Segmenting:
@@ -135,12 +152,14 @@ class Speaker:
         av = self.avatar
         dev = av.device
         bg = self.bg if isinstance(background, str) and background == "config" else background
+        own = K is None and width is None and height is None and self.frame is not None
+        extra = {"frame": self.frame} if own else {}
         out = av.render(torch.as_tensor(windows, device=dev), torch.as_tensor(viewmats, device=dev),
                         torch.as_tensor(blinks, device=dev), K=None if K is None else torch.as_tensor(K, device=dev),
                         width=width, height=height, background=bg,
                         lip_scale=self.cfg.lip_scale if lip_scale is None else float(lip_scale),
                         torso=self.cfg.torso if torso is None else bool(torso),
-                        camera=None if cameras is None else torch.as_tensor(cameras, device=dev))
+                        camera=None if cameras is None else torch.as_tensor(cameras, device=dev), **extra)
         return to_uint8(out, self.transparent and bg is None)
 
     def _render_batch(self, b: FrameBatch) -> list[tuple[int, np.ndarray]]:
@@ -234,16 +253,16 @@ class Speaker:
         av = self.avatar
         if self.transparent and out.suffix.lower() == ".webm":  # VP9 with an alpha plane + Opus
             mux_rate = 48000
-            writer = VideoWriter(out, av.width, av.height, self.fps, audio_rate=mux_rate, alpha=True)
+            writer = VideoWriter(out, self.width, self.height, self.fps, audio_rate=mux_rate, alpha=True)
         elif self.transparent:
             if out.suffix.lower() in (".mp4", ".mov", ".mkv", ".m4v"):
                 raise AvatarError(f"{out}: H.264 has no alpha; for a transparent background give -o a folder (RGBA PNG "
                                   f"sequence) or a .webm file (VP9 with alpha)")
-            writer = PngSequenceWriter(out, av.width, av.height, self.fps, audio_rate=mux_rate)
+            writer = PngSequenceWriter(out, self.width, self.height, self.fps, audio_rate=mux_rate)
         else:
             if out.suffix.lower() == ".webm":
                 mux_rate = 48000
-            writer = VideoWriter(out, av.width, av.height, self.fps, audio_rate=mux_rate)
+            writer = VideoWriter(out, self.width, self.height, self.fps, audio_rate=mux_rate)
         mux_iter = iter_audio(audio, sr=mux_rate, block_s=5.0)
         mux_buf = [np.zeros(0, np.float32)]
         mux_written = [0]

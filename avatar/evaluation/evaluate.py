@@ -13,24 +13,39 @@ compared to the real frame at the run's render resolution:
   mouth_corr              Pearson correlation over the held-out frames between the mouth opening (inner
                           lip gap 13-14 / face height, MediaPipe) on rendered and on real frames
 plus RUN/eval/side_by_side.jpg (real above rendered).
+
+At native resolution (issue 12: a user judges the face at full size, and a figure at the 128 px training
+resolution hides the blur of an upscaled render) each held-out frame is also rendered at the SOURCE clip's
+size (`Avatar.output_frame()`, what `avatar speak` writes) and compared with the source frame itself
+(`avatar.core.dataset_format.iter_source_frames`; the dataset frame resized when the source is gone):
+  psnr_native_full / ssim_native_full   whole frame
+  psnr_native_head / ssim_native_head   the landmark box of that frame padded 10 % on each side
+  psnr_train_res / ssim_train_res       = full_psnr / full_ssim, the training-resolution figure, named for contrast
+  psnr_labels                           PSNR per preprocessing label (background, face, mouth, eyes, hair,
+                                        neck, torso) at native size, masks upscaled nearest: where the error lives
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from avatar.core.dataset_format import (HEAD_LABELS, MASK_LABELS, DatasetInfo, FrameCache, held_out_indices,
-                                        load_dataset, resize_frame)
+from avatar.core.dataset_format import (HEAD_LABELS, MASK_LABELS, DatasetInfo, FrameCache, head_box, held_out_indices,
+                                        iter_source_frames, load_dataset, resize_frame, source_size)
 from avatar.core.landmarks import MOUTH_LANDMARKS, mouth_opening
 from avatar.errors import AvatarError
 from avatar.evaluation.metrics import psnr, ssim
 from avatar.model.audio import window_indices
 
-METRIC_KEYS = ("head_psnr", "full_psnr", "head_ssim", "full_ssim", "lmd", "lmd_no_audio", "mouth_corr")
+METRIC_KEYS = ("head_psnr", "full_psnr", "head_ssim", "full_ssim", "lmd", "lmd_no_audio", "mouth_corr",
+               "psnr_native_full", "psnr_native_head", "psnr_train_res", "ssim_native_full", "ssim_native_head",
+               "ssim_train_res")
+LABEL_ORDER = ("background", "face", "mouth", "eyes", "hair", "neck", "torso")
+"""Rows of the per-label PSNR table (`psnr_labels`)."""
 
 
 def _tracker():
@@ -66,6 +81,28 @@ class HeldOutFrames:
         self.feats = torch.as_tensor(np.array(info.feature(name), np.float32), device=self.device)  # [N, D]
         self.indices = held_out_indices(info)
         self._frames = FrameCache(info, capacity=4)
+
+    def native(self, indices) -> "Iterator[tuple[int, np.ndarray, np.ndarray, str]]":
+        """(k, rgb uint8 [H, W, 3], labels uint8 [H, W], reference) at the source size for `indices` (ascending):
+        the source clip's frames when readable ("source"), else the dataset frames resized ("dataset")."""
+        import cv2
+
+        sw, sh = source_size(self.info)
+        it = None
+        try:
+            it = iter_source_frames(self.info, indices)
+            first = next(it, None)
+        except (AvatarError, OSError, ValueError, RuntimeError):  # av errors are OSError/ValueError subclasses
+            first, it = None, None
+        if first is None:
+            for k in sorted(int(k) for k in indices):
+                rgb, lab = self._frames.get(k)
+                yield k, cv2.resize(rgb, (sw, sh), interpolation=cv2.INTER_CUBIC), \
+                    cv2.resize(lab, (sw, sh), interpolation=cv2.INTER_NEAREST), "dataset"
+            return
+        for k, rgb in [first, *it]:
+            lab = self._frames.get(k)[1]
+            yield k, rgb, cv2.resize(lab, (sw, sh), interpolation=cv2.INTER_NEAREST), "source"
 
     def batch(self, k: int) -> dict[str, torch.Tensor]:
         """Inputs and real frame of frame k: feats [1, W, D], viewmats [1, 4, 4], blink [1], rgb, labels."""
@@ -140,6 +177,8 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", write: bool = True, 
             if int(k) in show:
                 sheet.append((g8, p8))
     metrics = {k: (float(np.mean(v)) if v else float("nan")) for k, v in rows.items()}
+    metrics.update(native_metrics(av, data, info, val, progress))
+    metrics["psnr_train_res"], metrics["ssim_train_res"] = metrics["full_psnr"], metrics["full_ssim"]
     metrics["lmd"] = float(np.mean(lmd_vals)) if lmd_vals else float("nan")
     metrics["lmd_no_audio"] = float(np.mean(lmd_static)) if lmd_static else float("nan")
     ok = len(open_real) >= 3 and np.std(open_real) > 1e-6 and np.std(open_fake) > 1e-6
@@ -168,3 +207,52 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", write: bool = True, 
         old.update(metrics)
         write_json_atomic(path, old)
     return metrics
+
+
+def _psnr_np(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)) / 255.0 ** 2
+    return float(-10 * np.log10(max(mse, 1e-10)))
+
+
+@torch.no_grad()
+def native_metrics(av, data: HeldOutFrames, info: DatasetInfo, val, progress: bool = False) -> dict:
+    """PSNR/SSIM at the source size on the held-out frames `val` (module docstring), one frame in memory at a time."""
+    frame = av.output_frame()
+    W, H = frame.width, frame.height
+    lm = info.landmarks()
+    sx, sy = W / info.width, H / info.height
+    full_p, full_s, head_p, head_s = [], [], [], []
+    sq: dict[str, list[float]] = {n: [] for n in LABEL_ORDER}  # per label: summed squared error, pixels
+    cnt: dict[str, list[float]] = {n: [] for n in LABEL_ORDER}
+    ref = "source"
+    for k, rgb, lab, ref in data.native(val):
+        b = data.batch(k)
+        pred = av.render(b["feats"], b["viewmats"], b["blink"], frame=frame)["rgb"]  # [1, H, W, 3]
+        p8 = (pred[0].cpu().numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
+        gt = torch.as_tensor(rgb[None], device=pred.device).float() / 255.0
+        pq = torch.as_tensor(p8[None], device=pred.device).float() / 255.0
+        full_p.append(_psnr_np(p8, rgb))
+        full_s.append(float(ssim(pq, gt)))
+        x0, y0, x1, y1 = head_box(lm[k], sx, sy, W, H, 0.1)
+        if x1 - x0 >= 8 and y1 - y0 >= 8:
+            head_p.append(_psnr_np(p8[y0:y1, x0:x1], rgb[y0:y1, x0:x1]))
+            head_s.append(float(ssim(pq[:, y0:y1, x0:x1], gt[:, y0:y1, x0:x1])))
+        err = ((p8.astype(np.float64) - rgb.astype(np.float64)) / 255.0) ** 2  # [H, W, 3]
+        for name in LABEL_ORDER:
+            m = lab == MASK_LABELS[name]
+            sq[name].append(float(err[m].sum()))
+            cnt[name].append(float(m.sum()) * 3)
+    out = {"psnr_native_full": float(np.mean(full_p)) if full_p else float("nan"),
+           "ssim_native_full": float(np.mean(full_s)) if full_s else float("nan"),
+           "psnr_native_head": float(np.mean(head_p)) if head_p else float("nan"),
+           "ssim_native_head": float(np.mean(head_s)) if head_s else float("nan"),
+           "native_resolution": [W, H], "native_reference": ref}
+    labels = {}
+    for name in LABEL_ORDER:
+        n = sum(cnt[name])
+        if n > 0:
+            labels[name] = float(-10 * np.log10(max(sum(sq[name]) / n, 1e-10)))
+    out["psnr_labels"] = labels
+    total = sum(sum(v) for v in sq.values())
+    out["error_share_labels"] = {n: float(sum(sq[n]) / total) for n in labels} if total > 0 else {}
+    return out

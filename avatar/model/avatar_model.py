@@ -13,7 +13,7 @@ the lips; the render is composited over the background plate with the rendered a
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 import torch
@@ -227,11 +227,15 @@ class AvatarModel(nn.Module):
     def render(self, viewmats: torch.Tensor, feats: torch.Tensor | None, blink: torch.Tensor, K: torch.Tensor,
                width: int, height: int, background: torch.Tensor | None = None, *, deform: bool = True,
                lip_scale: float = 1.0, torso: bool = True, sh_degree: int | None = None,
-               retain_means2d: bool = False, backend: str = "auto", cameras: torch.Tensor | None = None) -> dict:
+               retain_means2d: bool = False, backend: str = "auto", cameras: torch.Tensor | None = None,
+               parts: Literal["all", "head", "body"] = "all") -> dict:
         """Render B frames.
 
         viewmats [B, 4, 4] head->camera; feats [B, W, D] raw feature windows (None = static);
-        blink [B]; K [3, 3]; background None (black, premultiplied), [3], [H, W, 3] or [B, H, W, 3].
+        blink [B]; K [3, 3] or one per frame [B, 3, 3] (the head crops of avatar/engine/composite.py);
+        background None (black, premultiplied), [3], [H, W, 3] or [B, H, W, 3].
+        parts: "all" (every set, depth-sorted together), "head" (head + mouth interior only: the head layer)
+        or "body" (torso only, no audio network run: the body layer); see avatar/engine/composite.py.
         cameras [B, 4, 4] (optional): free-view camera moves, training-camera frame -> new camera frame
         (None, or a frame whose matrix is exactly the identity, renders from the training camera bit for
         bit). Head and mouth are posed with cameras[i] @ viewmats[i]; the torso is built from the head
@@ -244,37 +248,50 @@ class AvatarModel(nn.Module):
         from cuda_ext import rasterize, spherical_harmonics
 
         b = viewmats.shape[0]
-        audio = self.audio(feats) if (deform and feats is not None) else None
-        d = self.deform(audio, blink, lip_scale)
+        with_head = parts in ("all", "head")
+        audio = self.audio(feats) if (deform and feats is not None and with_head) else None
+        d = self.deform(audio, blink, lip_scale) if with_head else {}
         deg = self.cfg.sh_degree if sh_degree is None else min(sh_degree, self.cfg.sh_degree)
         nb = (deg + 1) ** 2
         hm_sh = torch.cat([self.head.sh, self.mouth.sh])[:, :nb]  # [N, K, 3]
         hm_op = torch.cat([self.head.opacities, self.mouth.opacities])
-        use_torso = torso and self.cfg.torso and len(self.torso) > 0
+        use_torso = torso and self.cfg.torso and len(self.torso) > 0 and parts in ("all", "body")
         eye = torch.eye(4, device=viewmats.device)[None]
+        Ks = K[None].expand(b, 3, 3) if K.dim() == 2 else K  # [B, 3, 3]
         rgbs, alphas, m2d, radii = [], [], [], []
         for i in range(b):
             cam = None if cameras is None or torch.equal(cameras[i], eye[0]) else cameras[i]
             V = viewmats[i] if cam is None else cam @ viewmats[i]  # head -> (new) camera
             Rk, tk = V[:3, :3], V[:3, 3]
-            x = d["means"][i] @ Rk.T + tk  # [N, 3] camera frame
-            q = quat_multiply(matrix_to_quat(Rk)[None], d["quats"][i])
-            s = torch.exp(d["log_scales"][i])
-            dirs = torch.nn.functional.normalize(x, dim=-1) @ Rk  # view directions in the head frame
-            cols = spherical_harmonics(deg, dirs, hm_sh)
-            op = hm_op
+            xs, qs, ss, ops, colss = [], [], [], [], []
+            if with_head:
+                x = d["means"][i] @ Rk.T + tk  # [N, 3] camera frame
+                xs.append(x)
+                qs.append(quat_multiply(matrix_to_quat(Rk)[None], d["quats"][i]))
+                ss.append(torch.exp(d["log_scales"][i]))
+                dirs = torch.nn.functional.normalize(x, dim=-1) @ Rk  # view directions in the head frame
+                colss.append(spherical_harmonics(deg, dirs, hm_sh))
+                ops.append(hm_op)
             if use_torso:
                 tx, tq = self.torso_gaussians(viewmats[i], deform=deform, camera=cam)
-                x, q = torch.cat([x, tx]), torch.cat([q, tq])
-                s = torch.cat([s, self.torso.scales])
-                op = torch.cat([op, self.torso.opacities])
+                xs.append(tx)
+                qs.append(tq)
+                ss.append(self.torso.scales)
+                ops.append(self.torso.opacities)
                 tdirs = torch.nn.functional.normalize(tx, dim=-1)  # torso SH live in the training-camera frame
                 if cam is not None:
                     tdirs = tdirs @ cam[:3, :3]
-                tcols = spherical_harmonics(deg, tdirs, self.torso.sh[:, :nb])
-                cols = torch.cat([cols, tcols])
-            cols = (cols + 0.5).clamp_min(0.0)
-            out = rasterize(x, q, s, op, cols, eye, K[None], width, height, render_depth=False, backend=backend)
+                colss.append(spherical_harmonics(deg, tdirs, self.torso.sh[:, :nb]))
+            if not xs:  # nothing to draw (body layer without a torso)
+                z = torch.zeros(height, width, 1, device=viewmats.device)
+                rgbs.append(z.expand(height, width, 3))
+                alphas.append(z)
+                m2d.append(None)
+                radii.append(None)
+                continue
+            x, q, s, op = torch.cat(xs), torch.cat(qs), torch.cat(ss), torch.cat(ops)
+            cols = (torch.cat(colss) + 0.5).clamp_min(0.0)
+            out = rasterize(x, q, s, op, cols, eye, Ks[i][None], width, height, render_depth=False, backend=backend)
             if retain_means2d and out.means2d.requires_grad:
                 out.means2d.retain_grad()
             rgbs.append(out.image[0])
@@ -291,4 +308,5 @@ class AvatarModel(nn.Module):
                 bg = bg[None]
             rgb = rgb + (1 - alpha) * bg
         return {"rgb": rgb, "alpha": alpha, "means2d": m2d, "radii": radii, "deform": d,
-                "counts": (len(self.head), len(self.mouth), len(self.torso) if use_torso else 0)}
+                "counts": (len(self.head) if with_head else 0, len(self.mouth) if with_head else 0,
+                           len(self.torso) if use_torso else 0)}

@@ -50,3 +50,12 @@ class ModelConfig:
     """Model the torso with its own Gaussians (else the head is composited straight over the background)."""
     torso_motion_scale: float = 0.05
     """Scale of the torso's pose-conditioned residual offsets (in face sizes)."""
+    layered: bool = False
+    """Render (and train) the head (face, hair, mouth interior) as its own layer in a head-aligned crop, pasted
+    with its opacity over the torso layer and the plate (avatar/engine/composite.py). False: one joint pass
+    (runs saved before layering load as False and render as they were trained)."""
+    head_px: int = 0
+    """Pixels across the head box of the head layer (0: the output's own density, i.e. native). The crop is
+    never rendered denser than the output."""
+    body_px: int = 0
+    """Longest side of the torso layer in pixels (0: the output size); it is upsampled to the output size."""

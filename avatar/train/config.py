@@ -46,6 +46,11 @@ class LossConfig:
     """Random training frames per step for the landmark motion loss (cheap: no rendering)."""
     landmark_mouth_weight: float = 0.3
     """Relative weight of the same loss for the mouth-interior branch at the lower inner lip (lower teeth/tongue move with it)."""
+    head_crop_weight: float = 0.0
+    """Weight of the head-crop loss (layered models): each step also renders the head layer in its crop at
+    `model.head_px` across the head box, composited at the DATASET resolution (the source's for clips up to
+    the preprocess resolution), and compares the crop with the real frame there: the face learns the detail
+    the training resolution cannot hold (avatar/engine/composite.py). 0: off."""
 
 
 @dataclasses.dataclass

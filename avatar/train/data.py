@@ -60,6 +60,12 @@ class FitData:
             raise AvatarError(f"{info.path('background.png')}: missing or unreadable; re-run preprocess")
         bg = cv2.resize(cv2.cvtColor(bg, cv2.COLOR_BGR2RGB), (self.width, self.height), interpolation=cv2.INTER_AREA)
         self.background = torch.as_tensor(bg, device=self.device).float() / 255.0  # [H, W, 3]
+        full = cv2.cvtColor(cv2.imread(str(info.path("background.png")), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        if full.shape[:2] != (info.height, info.width):
+            full = cv2.resize(full, (info.width, info.height), interpolation=cv2.INTER_AREA)
+        self.background_native = torch.as_tensor(full, device=self.device).float() / 255.0  # [H0, W0, 3] dataset size
+        self.K_native = torch.tensor([[pose.focal, 0, pose.cx], [0, pose.focal, pose.cy], [0, 0, 1]],
+                                     dtype=torch.float32, device=self.device)  # [3, 3] dataset pixels
         self.train_idx = info.indices("train")
         self.val_idx = held_out_indices(info)  # the frames `avatar eval` measures (avatar.core.dataset_format)
         if len(self.train_idx) == 0:
@@ -92,6 +98,33 @@ class FitData:
         x0, y0 = np.floor(c - half).astype(int)
         x1, y1 = np.ceil(c + half).astype(int)
         return max(0, x0), max(0, y0), min(self.width, x1), min(self.height, y1)
+
+    def native_frame(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(rgb uint8 [H0, W0, 3], labels uint8 [H0, W0]) of frame k at the DATASET resolution (`K_native`)."""
+        return self._decoder.get(int(k))
+
+    def native_crops(self, idx, boxes: np.ndarray) -> dict[str, torch.Tensor]:
+        """Real crops at the DATASET resolution for the head-crop loss: boxes [B, 4] (x0, y0, x1, y1), one size,
+        may reach past the frame (edge pixels repeat there). rgb [B, h, w, 3] in [0, 1], labels [B, h, w],
+        lips [B, h, w, 1] (the lips rect in dataset pixels)."""
+        rgbs, labs, lips = [], [], []
+        for k, (x0, y0, x1, y1) in zip(idx, np.asarray(boxes)):
+            rgb, lab = self._decoder.get(int(k))
+            ys = np.clip(np.arange(y0, y1), 0, rgb.shape[0] - 1)
+            xs = np.clip(np.arange(x0, x1), 0, rgb.shape[1] - 1)
+            rgbs.append(rgb[ys][:, xs])
+            labs.append(lab[ys][:, xs])
+            p = np.asarray(self.landmarks[int(k)][list(LIPS_OUTER)], np.float64)
+            c, half = (p.min(0) + p.max(0)) / 2, (p.max(0) - p.min(0)).max() / 2 * 1.3
+            m = np.zeros((y1 - y0, x1 - x0, 1), np.float32)
+            lx0, ly0 = int(np.floor(c[0] - half)) - x0, int(np.floor(c[1] - half)) - y0
+            lx1, ly1 = int(np.ceil(c[0] + half)) - x0, int(np.ceil(c[1] + half)) - y0
+            m[max(0, ly0):max(0, ly1), max(0, lx0):max(0, lx1)] = 1
+            lips.append(m)
+        dev = self.device
+        return {"rgb": torch.as_tensor(np.stack(rgbs), device=dev).float() / 255.0,
+                "labels": torch.as_tensor(np.stack(labs), device=dev).long(),
+                "lips": torch.as_tensor(np.stack(lips), device=dev)}
 
     def windows(self, idx: np.ndarray | list[int]) -> torch.Tensor:
         """[B, W, D] edge-padded feature windows of frames idx (rows k - past ... k + future)."""

@@ -63,13 +63,17 @@ class DensifyStrategy:
         cfg = self.cfg
         if step >= cfg.refine_stop:
             return None
-        counts = out["counts"]
-        for m2d, radii in zip(out["means2d"], out["radii"]):
-            if m2d.grad is None:
+        # one entry per rendered pass (avatar/engine/composite.py: the body and head-crop layers); each has
+        # its own image size and covers its own sets
+        passes = out.get("passes") or [{"means2d": out["means2d"], "radii": out["radii"], "counts": out["counts"],
+                                         "width": width, "height": height}]
+        items = [(m, r, p["counts"], p["width"], p["height"]) for p in passes for m, r in zip(p["means2d"], p["radii"])]
+        for m2d, radii, counts, pw, ph in items:
+            if m2d is None or m2d.grad is None:
                 continue
             g = m2d.grad[0].clone()  # [N, 2] pixels
-            g[:, 0] *= width / 2.0
-            g[:, 1] *= height / 2.0
+            g[:, 0] *= pw / 2.0
+            g[:, 1] *= ph / 2.0
             norm = g.norm(dim=-1)  # [N]
             vis = (radii[0] > 0).any(-1)  # [N]
             start = 0

@@ -49,14 +49,22 @@ def person_mask(labels: torch.Tensor) -> torch.Tensor:
     return torch.isin(labels, torch.tensor(PERSON_IDS, device=labels.device))[..., None].float()
 
 
-def compute_loss(out: dict, batch: dict, cfg: FitConfig) -> tuple[torch.Tensor, dict[str, float]]:
-    """L1 + D-SSIM weighted towards the person and the lips, alpha-vs-mask L1, deformation/attention regularisers."""
+def photometric_terms(pred: torch.Tensor, batch: dict, cfg: FitConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L1, D-SSIM) of pred [B, H, W, 3] against batch rgb, weighted towards the person and the lips."""
     lc = cfg.loss
-    pred, gt = out["rgb"], batch["rgb"]  # [B, H, W, 3]
+    gt = batch["rgb"]  # [B, H, W, 3]
     person = person_mask(batch["labels"])  # [B, H, W, 1]
     w = lc.background_weight + (1 - lc.background_weight) * person
     l1 = masked_mean((pred - gt).abs(), w + lc.lips_weight * batch["lips"])
     dssim = 1 - masked_mean(ssim_map(pred, gt, lc.ssim_window), w)
+    return l1, dssim
+
+
+def compute_loss(out: dict, batch: dict, cfg: FitConfig) -> tuple[torch.Tensor, dict[str, float]]:
+    """L1 + D-SSIM weighted towards the person and the lips, alpha-vs-mask L1, deformation/attention regularisers."""
+    lc = cfg.loss
+    l1, dssim = photometric_terms(out["rgb"], batch, cfg)
+    person = person_mask(batch["labels"])  # [B, H, W, 1]
     alpha = (out["alpha"] - person).abs().mean()
     terms = {"l1": l1, "dssim": dssim, "alpha": alpha}
     loss = l1 + lc.ssim_weight * dssim + lc.alpha_weight * alpha
@@ -138,10 +146,14 @@ class Trainer:
             self.model = AvatarModel.from_state(cfg.model, self.data.feat_dim, ckpt["model"])
         else:
             train_feats = self.data.feats[torch.as_tensor(self.data.train_idx)].cpu().numpy()
+            # a head trained in its crop takes its first colours from the dataset-resolution frames (sharper than
+            # the training resolution's); otherwise from the frames it is trained on
+            native = getattr(cfg.model, "layered", False) and cfg.loss.head_crop_weight > 0
             self.model = AvatarModel.from_data(
-                cfg.model, shape3d=self.data.pose.shape3d, viewmats=self.data.pose.viewmats(), K=self.data.K.cpu().numpy(),
-                frame=self.data.frame, landmarks=self.data.landmarks, train_idx=self.data.train_idx, train_feats=train_feats,
-                seed=cfg.seed)
+                cfg.model, shape3d=self.data.pose.shape3d, viewmats=self.data.pose.viewmats(),
+                K=(self.data.K_native if native else self.data.K).cpu().numpy(),
+                frame=self.data.native_frame if native else self.data.frame, landmarks=self.data.landmarks,
+                train_idx=self.data.train_idx, train_feats=train_feats, seed=cfg.seed)
         self.model.to(self.device)
         self.unit = float(self.model.unit)
         from avatar.core.landmarks import LOWER_INNER_LIPS, MOTION_LANDMARKS
@@ -242,9 +254,43 @@ class Trainer:
         cfg = self.cfg
         static = step < cfg.optim.warmup
         sh = min(cfg.model.sh_degree, step // max(1, cfg.optim.sh_degree_every))
-        return self.model.render(batch["viewmats"], None if static else batch["feats"], batch["blink"], self.data.K,
-                                 self.data.width, self.data.height, self.data.background, sh_degree=sh,
-                                 retain_means2d=retain, backend=cfg.backend)
+        from avatar.engine.composite import render_layers
+
+        # the layers the engine renders (head crop over the torso layer), at the training resolution
+        return render_layers(self.model, batch["viewmats"], None if static else batch["feats"], batch["blink"], self.data.K,
+                             self.data.width, self.data.height, self.data.background, sh_degree=sh,
+                             retain_means2d=retain, backend=cfg.backend)
+
+    def _head_crop_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float], list[dict]]:
+        """The head layer rendered in its crop at `model.head_px` across the head box and composited over the
+        torso layer (at the training resolution) and the dataset-resolution plate, compared with the real
+        dataset-resolution frame inside the crop (same L1 + D-SSIM weighting as the full frame). Rendering
+        the crop at the density `avatar speak` uses is what keeps the face sharp at native size."""
+        from avatar.engine.composite import render_layers
+
+        cfg, data = self.cfg, self.data
+        static = self.step < cfg.optim.warmup
+        sh = min(cfg.model.sh_degree, self.step // max(1, cfg.optim.sh_degree_every))
+        W0, H0 = data.info.width, data.info.height
+        out = render_layers(self.model, batch["viewmats"], None if static else batch["feats"], batch["blink"], data.K_native,
+                            W0, H0, data.background_native, sh_degree=sh, body_px=max(data.width, data.height),
+                            backend=cfg.backend, retain_means2d=True)
+        boxes = out["boxes"]  # [B, 4] the head crops, dataset pixels (one size per frame)
+        l1s, dssims = [], []
+        for i, (x0, y0, x1, y1) in enumerate(boxes):
+            real = data.native_crops([int(batch["idx"][i])], boxes[i:i + 1])
+            img = out["rgb"][i]
+            pad = (max(0, -x0), max(0, x1 - W0), max(0, -y0), max(0, y1 - H0))
+            if any(pad):  # crop reaching past the frame: repeat the edge, as the real crop does
+                img = torch.nn.functional.pad(img.permute(2, 0, 1)[None], pad, mode="replicate")[0].permute(1, 2, 0)
+                x0, x1, y0, y1 = x0 + pad[0], x1 + pad[0], y0 + pad[2], y1 + pad[2]
+            l1, dssim = photometric_terms(img[y0:y1, x0:x1][None], real, cfg)
+            l1s.append(l1)
+            dssims.append(dssim)
+        l1, dssim = torch.stack(l1s).mean(), torch.stack(dssims).mean()
+        loss = l1 + cfg.loss.ssim_weight * dssim
+        heads = [p for p in out["passes"] if p["counts"][0] > 0]  # the head crops (the body pass is the 128 px one)
+        return loss, {"crop_l1": float(l1.detach()), "crop_dssim": float(dssim.detach())}, heads
 
     def train_step(self) -> dict[str, float] | None:
         """One optimisation step; returns the loss terms, or None when the step was skipped (non-finite)."""
@@ -253,6 +299,14 @@ class Trainer:
         out = self._render(batch, self.step, retain=True)
         loss, terms = compute_loss(out, batch, self.cfg)
         lc = self.cfg.loss
+        if lc.head_crop_weight > 0 and getattr(self.cfg.model, "layered", False):
+            crop_loss, crop_terms, crop_passes = self._head_crop_loss(batch)
+            # the crop's screen-space gradients join the densification statistics: the face is split where
+            # the native-size image asks for detail, not only where the training resolution does
+            out = {**out, "passes": list(out.get("passes") or []) + crop_passes}
+            loss = loss + lc.head_crop_weight * crop_loss
+            terms.update(crop_terms)
+            terms["loss"] = float(loss.detach())
         if lc.landmark_weight > 0 and lc.landmark_batch > 0:
             frames = self.rng.choice(self.data.train_idx, size=lc.landmark_batch, replace=len(self.data.train_idx) < lc.landmark_batch)
             lm_loss, lm_terms = landmark_motion_loss(self.model, self.data, frames, self.lm_canon, self.lm_mouth_canon,
