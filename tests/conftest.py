@@ -211,3 +211,18 @@ def pose_fit_errors(info) -> tuple[float, float]:
     reproj = float(np.linalg.norm(uv - lm, axis=-1).mean())
     steps = Rotation.from_matrix(np.einsum("nji,njk->nik", cam.R[:-1], cam.R[1:])).magnitude()  # [N-1] rad
     return reproj, float(np.degrees(steps).mean())
+
+
+# The tiny trained run shared by the speak tests (test_speak.py, test_speak_camera.py).
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    from test_speak_support import get_tiny_run
+
+    return get_tiny_run(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def avatar(tiny_run):
+    from avatar.engine.runtime import Avatar
+
+    return Avatar.load(tiny_run, device="cpu")
