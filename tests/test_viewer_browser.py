@@ -120,7 +120,8 @@ def test_viewer_in_browser(tiny_run, browser, tmp_path):
 
     audio_dir = tmp_path / "clips"
     audio_dir.mkdir()
-    (audio_dir / "hello.wav").write_bytes(_wav(2.5))
+    # long enough that the sync samples below finish before the clip ends on a loaded machine
+    (audio_dir / "hello.wav").write_bytes(_wav(6.0))
     viewer = AvatarViewer(Avatar.load(tiny_run, device="cpu"), ClipLibrary(audio_dir, max_upload_bytes=100_000),
                           host="127.0.0.1", port=0)
     assert viewer.url.startswith("http://127.0.0.1:")
@@ -196,9 +197,10 @@ def test_viewer_in_browser(tiny_run, browser, tmp_path):
         errors = []
         for _ in range(5):
             t0 = viewer.playback_time()
-            t_audio = page.evaluate("() => document.getElementById('avatar-audio').currentTime")
+            t_audio = page.evaluate("() => { const a = document.getElementById('avatar-audio');"
+                                    " return a ? a.currentTime : null }")
             t1 = viewer.playback_time()
-            if t0 is None or t1 is None:
+            if t0 is None or t1 is None or t_audio is None:
                 break
             errors.append(abs(t_audio - (t0 + t1) / 2) - (t1 - t0) / 2)
             time.sleep(0.2)
@@ -219,7 +221,9 @@ def test_viewer_in_browser(tiny_run, browser, tmp_path):
               what="the type refusal")
         assert viewer.clips.labels == ["hello.wav"]
         page.set_input_files(upload, files=[{"name": "mine.wav", "mimeType": "audio/wav", "buffer": _wav(1.0)}])
-        _wait(lambda: len(viewer.clips.labels) == 2, what="the upload")
+        # the clip list grows first, then the dropdown selects the new clip: wait for both
+        _wait(lambda: len(viewer.clips.labels) == 2 and viewer._clip_dropdown.value == viewer.clips.labels[1],
+              what="the upload")
         label = viewer.clips.labels[1]
         assert label.startswith("upload ") and label.endswith(": mine.wav") and viewer._clip_dropdown.value == label
         assert len(list(upload_dir.iterdir())) == 1  # refused uploads left nothing on disk

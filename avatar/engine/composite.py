@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from avatar.core.camera import crop_intrinsics
+from avatar.model.avatar_model import over_background
 
 HEAD_PAD = 0.06
 """Padding of the head box on each side, as a share of its size (room for the audio motion and the feather rim)."""
@@ -166,12 +167,7 @@ def render_layers(model, viewmats: torch.Tensor, feats: torch.Tensor | None, bli
         alphas.append(a_i)
     rgb, alpha = torch.stack(rgbs), torch.stack(alphas)
     if background is not None:
-        bg = background
-        if bg.dim() == 1:
-            bg = bg.view(1, 1, 1, 3)
-        elif bg.dim() == 3:
-            bg = bg[None]
-        rgb = rgb + (1 - alpha) * bg
+        rgb = over_background(rgb, alpha, background)
     deform = {k: torch.cat([d[k] for d in deforms]) for k in deforms[0] if torch.is_tensor(deforms[0][k])} if b else {}
     return {"rgb": rgb, "alpha": alpha, "boxes": boxes, "passes": passes, "head_sizes": sizes,
             "deform": deform, "means2d": [], "radii": [], "counts": (0, 0, 0)}

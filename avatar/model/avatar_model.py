@@ -32,6 +32,17 @@ SET_NAMES = ("head", "mouth", "torso")
 _PERSON_IDS = tuple(MASK_LABELS[n] for n in PERSON_LABELS)
 
 
+
+def over_background(rgb: torch.Tensor, alpha: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
+    """Premultiplied `rgb` [B, H, W, 3] with `alpha` [B, H, W, 1] over a background colour [3], image
+    [H, W, 3] or batch [B, H, W, 3]."""
+    bg = background
+    if bg.dim() == 1:
+        bg = bg.view(1, 1, 1, 3)
+    elif bg.dim() == 3:
+        bg = bg[None]
+    return rgb + (1 - alpha) * bg
+
 class AvatarModel(nn.Module):
     """All learnable parts of one person's avatar. Build with `from_data` (training) or
     `from_state` (a saved state dict, whose Gaussian counts may differ after densification)."""
@@ -301,12 +312,7 @@ class AvatarModel(nn.Module):
         rgb = torch.stack(rgbs)  # [B, H, W, 3] premultiplied
         alpha = torch.stack(alphas)  # [B, H, W, 1]
         if background is not None:
-            bg = background
-            if bg.dim() == 1:
-                bg = bg.view(1, 1, 1, 3)
-            elif bg.dim() == 3:
-                bg = bg[None]
-            rgb = rgb + (1 - alpha) * bg
+            rgb = over_background(rgb, alpha, background)
         return {"rgb": rgb, "alpha": alpha, "means2d": m2d, "radii": radii, "deform": d,
                 "counts": (len(self.head) if with_head else 0, len(self.mouth) if with_head else 0,
                            len(self.torso) if use_torso else 0)}
