@@ -79,14 +79,7 @@ def speak_config(options: dict[str, Any]):
         cfg = apply_overrides(SpeakConfig(), text)
     except AvatarError as e:
         raise AvatarError(str(e).replace("config has no field", "unknown speak option")) from None
-    # the range checks `avatar speak` makes before rendering (avatar/commands/speak.py: _check_inputs).
-    # TODO(layers): move these into SpeakConfig (a `validate()` in avatar/engine) so speak and batch share one copy.
-    if not 0.0 <= cfg.orbit <= 360.0:
-        raise AvatarError(f"orbit {cfg.orbit}: degrees must be in [0, 360]")
-    if cfg.orbit_period <= 0:
-        raise AvatarError(f"orbit_period {cfg.orbit_period}: must be positive")
-    cfg.batch = max(1, cfg.batch)
-    cfg.stream_segment_frames = max(1, cfg.stream_segment_frames)
+    cfg.validate()  # the engine's range checks, as `avatar speak` gets them
     return cfg
 
 

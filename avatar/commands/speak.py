@@ -102,8 +102,6 @@ def _check_inputs(args: argparse.Namespace) -> None:
                               f"pass --allow-long to render it anyway")
     elif not args.stream:
         raise AvatarError("--audio - (stdin) needs --stream")
-    if args.orbit < 0 or args.orbit > 360:
-        raise AvatarError(f"--orbit {args.orbit}: degrees must be in [0, 360]")
     if args.size is not None or args.scale is not None or args.fit is not None:
         from avatar.core.camera import parse_size
 
@@ -117,8 +115,6 @@ def _check_inputs(args: argparse.Namespace) -> None:
             raise AvatarError(f"--scale {args.scale}: must be a positive number")
         if args.size is not None and args.scale is not None:
             raise AvatarError("--size and --scale both given: choose one")
-    if args.orbit_period <= 0:
-        raise AvatarError(f"--orbit-period {args.orbit_period}: must be positive")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -173,7 +169,6 @@ def _run_stream(args: argparse.Namespace, speaker) -> int:
 
     chunk = max(1, int(round(args.chunk_ms / 1000.0 * SAMPLE_RATE)))
     chunks = _stdin_chunks(chunk) if args.audio == "-" else _file_chunks(args.audio, chunk, not args.no_realtime)
-    av = speaker.avatar
     ch = 4 if speaker.transparent else 3
     print(f"avatar speak --stream: raw {'rgba' if ch == 4 else 'rgb24'} frames {speaker.width}x{speaker.height} at {speaker.fps:g} fps; "
           f"algorithmic delay {speaker.delay_s() * 1000:.0f} ms", file=sys.stderr)

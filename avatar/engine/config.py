@@ -89,3 +89,15 @@ class SpeakConfig:
     model trained with --model.audio_lookahead)"""
     feature_model_dir: str | None = None
     """local wav2vec2/HuBERT model folder when the avatar was trained on such features"""
+
+    def validate(self) -> None:
+        """Range checks every caller gets (speak, stream, viewer, serve, batch): one-line AvatarError."""
+        from avatar.errors import AvatarError
+
+        if not 0.0 <= self.orbit <= 360.0:
+            raise AvatarError(f"--orbit {self.orbit}: degrees must be in [0, 360]")
+        if not self.orbit_period > 0:
+            raise AvatarError(f"--orbit-period {self.orbit_period}: must be positive")
+        if self.batch < 1 or self.stream_segment_frames < 1:
+            raise AvatarError(f"--batch and --stream-segment-frames must be >= 1, got {self.batch} and "
+                              f"{self.stream_segment_frames}")

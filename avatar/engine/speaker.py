@@ -69,8 +69,7 @@ class Speaker:
         self.fps = float(c.fps or avatar.fps)
         if not (0 < self.fps <= 120):
             raise AvatarError(f"--fps must be in (0, 120], got {self.fps}")
-        if c.batch < 1 or c.stream_segment_frames < 1:
-            raise AvatarError(f"--batch and --stream-segment-frames must be >= 1, got {c.batch} and {c.stream_segment_frames}")
+        c.validate()
         self.feature_fn = feature_fn or feature_fn_for(avatar.feature_meta, c.feature_model_dir)
         self.stats = stats or training_stats(avatar, self.feature_fn)
         # the output size contract (issue 12): the source clip's size unless --size / --scale say otherwise
@@ -250,7 +249,6 @@ class Speaker:
         out = Path(out)
         expect = int(round(info.duration * self.fps))
         mux_rate = int(min(max(info.sample_rate, 8000), 48000))
-        av = self.avatar
         if self.transparent and out.suffix.lower() == ".webm":  # VP9 with an alpha plane + Opus
             mux_rate = 48000
             writer = VideoWriter(out, self.width, self.height, self.fps, audio_rate=mux_rate, alpha=True)
