@@ -98,7 +98,7 @@ def server(tiny_run):
     from avatar.serve.server import AvatarServer, ServerThread
 
     srv = ServerThread(AvatarServer([tiny_run], ServeConfig(port=0, max_sessions=3, max_upload_mb=1.0,
-                                                            connect_timeout_s=2.0), SpeakConfig(vad="energy"),
+                                                            connect_timeout_s=2.0, max_load=1e6), SpeakConfig(vad="energy"),
                                     log=lambda m: None))
     srv.start()
     yield srv
@@ -254,6 +254,36 @@ def test_token_required_and_checked(tiny_run):
         srv.stop()
 
 
+def test_capacity_admission(tiny_run):
+    """--max-load admits a session only while the measured compute of all open sessions fits the machine; a lone
+    session is always admitted (refusing everyone helps no one), the next one past the limit gets 503 "capacity"
+    with the measured figures, and closing a session frees its share. (max_load is set below any machine's
+    measured demand, so this holds on every machine, fast or slow.)"""
+    from avatar.serve.client import ServeClient
+    from avatar.serve.config import ServeConfig
+    from avatar.serve.server import AvatarServer, ServerThread
+
+    srv = ServerThread(AvatarServer([tiny_run], ServeConfig(port=0, max_load=1e-6), log=lambda m: None))
+    url = srv.start()
+    try:
+        async def main():
+            async with ServeClient(url) as c:
+                st = await c.status()
+                per = next(iter(st["session_demand_s_per_s"].values()))
+                assert per > 1e-6 and st["sessions"] == 0
+                first = (await c.create())["id"]
+                code, body = await c.request("POST", "/api/sessions", json={})
+                assert code == 503 and body["reason"] == "capacity" and "--max-load" in body["error"]
+                assert (await c.status())["demand_s_per_s"] == pytest.approx(per, abs=1e-3)
+                await c.close(first)
+                second = (await c.create())["id"]  # the freed share admits the next one
+                await c.close(second)
+
+        _run(main())
+    finally:
+        srv.stop()
+
+
 def test_webrtc_session_interrupt_and_vanishing_client(server):
     """A connected session streams frames and audio from the one clock, an interrupt silences it at once, and a
     client that drops its connection without saying goodbye leaves no session behind."""
@@ -274,7 +304,9 @@ def test_webrtc_session_interrupt_and_vanishing_client(server):
             assert r["dropped_queued_s"] > 0.5
             await _until(lambda: _talking(c, sid, False), 2, "the avatar to stop talking", every=0.01)
             stopped = time.monotonic() - t0
-            assert stopped < 0.2, f"talking stopped {1000 * stopped:.0f} ms after the interrupt"
+            # well under the 1 s of speech still queued (bench/serve.py measures the latency on a quiet machine;
+            # a loaded CI runner only has to show the queue is dropped, not replayed)
+            assert stopped < 0.5, f"talking stopped {1000 * stopped:.0f} ms after the interrupt"
             st = await c.state(sid)
             assert st["queued_speech_s"] == 0 and st["audio_underruns"] == 0 and st["error"] is None
             assert abs(st["av_offset_ms"]) < 40  # both tracks leave on the same clock
