@@ -170,3 +170,46 @@ def make_tiny_run(root: str | Path, iters: int = 20, num_frames: int = 24, size:
                           | dict(overrides or {}))
     fit(cfg, data, root, progress=False)
     return root
+
+
+# ---- synthetic voices (espeak-ng, a Debian package installed by scripts/install.sh) --------------------------
+
+TTS_SAMPLES: tuple[tuple[str, str, str], ...] = (
+    ("en", "en-us", "The quick brown fox jumps over the lazy dog, and then it runs back home again."),
+    ("de", "de", "Guten Abend, meine Damen und Herren, hier sind die Nachrichten des heutigen Tages."),
+    ("fr", "fr-fr", "Bonjour à tous, voici les informations de la journée, avec le temps qu'il fera demain."),
+    ("es", "es", "Buenas noches, estas son las noticias más importantes del día de hoy en todo el país."),
+    ("ja", "ja", "こんばんは、きょうのニュースをおつたえします。あしたはぜんこくてきにはれるでしょう。"),
+    ("zh", "cmn", "大家好，欢迎收看今天的新闻节目，明天全国大部分地区天气晴朗。"),
+)
+"""(language, espeak-ng voice, text): one sentence of news-reader speech per language."""
+
+
+def espeak_available() -> bool:
+    import shutil
+
+    return shutil.which("espeak-ng") is not None
+
+
+def tts_wav(text: str, voice: str, path: str | Path, *, speed_wpm: int = 150, pitch: int = 50) -> Path:
+    """Synthesise `text` with espeak-ng's `voice` into a WAV at `path` (espeak-ng's 22.05 kHz mono); returns it.
+
+    espeak-ng is a formant synthesiser (Klatt 1980): a voice unlike any recorded speaker, in ~100 languages,
+    offline. Raises RuntimeError when espeak-ng is missing or fails."""
+    import subprocess
+
+    path = Path(path)
+    if not espeak_available():
+        raise RuntimeError("espeak-ng is not installed (scripts/install.sh installs it with apt)")
+    r = subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed_wpm), "-p", str(pitch), "-w", str(path), text],
+                       capture_output=True, text=True, timeout=60)
+    if r.returncode != 0 or not path.is_file() or path.stat().st_size < 1000:
+        raise RuntimeError(f"espeak-ng -v {voice} failed: {r.stderr.strip()[:200]}")
+    return path
+
+
+def tts_samples(folder: str | Path) -> list[Path]:
+    """One espeak-ng sentence per language of `TTS_SAMPLES` into `folder` (tts_LANG.wav); returns the paths."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    return [tts_wav(text, voice, folder / f"tts_{lang}.wav") for lang, voice, text in TTS_SAMPLES]

@@ -1,16 +1,20 @@
-"""Lip sync of a trained avatar over every audio file in a folder.
+"""Lip sync of trained avatars over every audio file in a folder, plus synthetic voices (issue 17).
 
-    python bench/lipsync.py runs/NAME                                   (default: ../shared/data/audio)
-    python bench/lipsync.py runs/NAME --audio-dir clips/ --device cpu
+    python bench/lipsync.py runs/NAME                                   (default: ../shared/data/audio + TTS)
+    python bench/lipsync.py runs/A runs/B --audio-dir clips/ --device cpu --no-tts
 
 For each audio file this computes exactly what `avatar eval RUN --audio FILE --json` reports: the avatar
 speaks the file (`avatar.evaluation.lipsync.render_sync`: default `SpeakConfig`, mouth opening from MediaPipe face
 mesh on the rendered frames, or the model's lip Gaussians when face mesh cannot read the render,
 `mouth_measure`), then AV-offset (frames, > 0 = video late) and AV-corr against the audio envelope.
 The training clip's reference figures (`avatar.evaluation.lipsync.clip_sync`: gt_av_offset_frames, gt_av_corr)
-are computed once. Prints a table and ends with one JSON line: the reference, per-file figures, and their
-mean |offset| and mean corr (files whose corr is undefined, e.g. silence, are left out of the mean), and the
-machine. The figures are deterministic (one render per file, no repeats needed); `wall_s` per file is
+are computed once. Each file is then judged against the clip's own figures (issue 17's targets):
+d_offset = AV-offset - the clip's offset, |d_offset| <= 1 frame on every speech file; corr_ratio = AV-corr / the
+clip's AV-corr, >= 0.8 on average and >= 0.6 on every speech file (singing, a file named *singer*, is reported,
+not required). With espeak-ng installed (scripts/install.sh), one synthetic sentence per language of
+`avatar.testing.TTS_SAMPLES` is generated into a temporary folder and measured too (--no-tts: not).
+Prints a table per run and ends with one JSON line: per run the reference, per-file figures, their means
+(files whose corr is undefined, e.g. silence, are left out), the targets met, and the machine. The figures are deterministic (one render per file, no repeats needed); `wall_s` per file is
 informative only, bench/speak.py is the timing bench.
 """
 
@@ -45,13 +49,40 @@ def audio_files(folder: Path) -> list[Path]:
     return files
 
 
-def run(run_dir: Path, folder: Path, device: str) -> dict:
+def is_singing(name: str) -> bool:
+    return "singer" in name.lower() or "singing" in name.lower()
+
+
+def judge(rows: list[dict], gt_offset: int | None, gt_corr: float | None) -> dict:
+    """Issue 17's targets over the speech files of `rows` (adds d_offset / corr_ratio to each row)."""
+    speech = []
+    for r in rows:
+        if "error" in r or gt_offset is None or not gt_corr:
+            continue
+        r["d_offset"] = int(r["av_offset_frames"] - gt_offset)
+        r["corr_ratio"] = None if r["av_corr"] is None else round(r["av_corr"] / gt_corr, 3)
+        r["singing"] = is_singing(r["file"])
+        if not r["singing"] and r["corr_ratio"] is not None:
+            speech.append(r)
+    if not speech:
+        return {"speech_files": 0}
+    ratios = [r["corr_ratio"] for r in speech]
+    return {"speech_files": len(speech),
+            "files_offset_within_1": sum(abs(r["d_offset"]) <= 1 for r in speech),
+            "mean_abs_d_offset": round(sum(abs(r["d_offset"]) for r in speech) / len(speech), 3),
+            "mean_corr_ratio": round(sum(ratios) / len(ratios), 3), "min_corr_ratio": min(ratios),
+            "target_offset_every_file": all(abs(r["d_offset"]) <= 1 for r in speech),
+            "target_mean_corr_ratio_0.8": sum(ratios) / len(ratios) >= 0.8,
+            "target_min_corr_ratio_0.6": min(ratios) >= 0.6}
+
+
+def run(run_dir: Path, folder: Path, device: str, extra: list[Path] = ()) -> dict:
     from avatar.core.audio import probe_duration
+    from avatar.engine import Avatar
     from avatar.errors import AvatarError
     from avatar.evaluation.lipsync import clip_sync, render_sync
-    from avatar.engine import Avatar
 
-    files = audio_files(folder)
+    files = audio_files(folder) + list(extra)
     if not run_dir.is_dir():
         raise AvatarError(f"{run_dir}: no such run folder (train one with `avatar fit VIDEO -o {run_dir}`)")
     avatar = Avatar.load(run_dir, device=device)
@@ -91,29 +122,50 @@ def run(run_dir: Path, folder: Path, device: str) -> dict:
         "mean_av_corr": (sum(corrs) / len(corrs)) if corrs else None,
         "seconds": round(time.perf_counter() - t_all, 2),
     }
+    summary["targets"] = judge(rows, gt["gt_av_offset_frames"], gt["gt_av_corr"])
     m_off = summary["mean_abs_offset_frames"]
     m_corr = summary["mean_av_corr"]
     print(f"mean |av_offset_frames| {'n/a' if m_off is None else format(m_off, '.2f')}, mean av_corr "
           f"{'n/a' if m_corr is None else format(m_corr, '.3f')} over {len(ok)} files"
           + (f" ({summary['failed']} failed)" if summary["failed"] else ""))
+    t = summary["targets"]
+    if t.get("speech_files"):
+        print(f"vs the clip: offset within 1 frame on {t['files_offset_within_1']}/{t['speech_files']} speech files "
+              f"(mean |d| {t['mean_abs_d_offset']:.2f}), corr x{t['mean_corr_ratio']:.2f} mean, x{t['min_corr_ratio']:.2f} min "
+              f"(targets: every file, x0.8, x0.6)")
     return summary
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    ap.add_argument("run", metavar="RUN", help="a finished run folder (with model.pt)")
+    ap.add_argument("runs", metavar="RUN", nargs="+", help="finished run folders (with model.pt)")
     ap.add_argument("--audio-dir", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data" / "audio"),
                     help="folder of audio files (default: ../shared/data/audio)")
     ap.add_argument("--device", default="auto", help="torch device (default: auto, like `avatar eval`)")
+    ap.add_argument("--no-tts", action="store_true", help="do not add espeak-ng voices (default: add them when installed)")
     args = ap.parse_args(argv)
-    from avatar.errors import AvatarError
+    import tempfile
 
-    try:
-        summary = run(Path(args.run), Path(args.audio_dir), args.device)
-    except AvatarError as e:
-        print(f"bench/lipsync.py: error: {e}", file=sys.stderr)
-        return 2
-    emit(summary, device=args.device)
+    from avatar.errors import AvatarError
+    from avatar.testing import espeak_available, tts_samples
+
+    with tempfile.TemporaryDirectory(prefix="lipsync_tts_") as tmp:
+        extra = []
+        if not args.no_tts:
+            if espeak_available():
+                extra = tts_samples(tmp)
+            else:
+                print("espeak-ng not installed: no synthetic voices (scripts/install.sh installs it)", file=sys.stderr)
+        try:
+            summaries = [run(Path(r), Path(args.audio_dir), args.device, extra) for r in args.runs]
+        except AvatarError as e:
+            print(f"bench/lipsync.py: error: {e}", file=sys.stderr)
+            return 2
+    out = summaries[0] if len(summaries) == 1 else {"bench": "lipsync", "runs": summaries}
+    if len(summaries) > 1:
+        out["all_targets"] = {k: all(s["targets"].get(k, False) for s in summaries)
+                              for k in ("target_offset_every_file", "target_mean_corr_ratio_0.8", "target_min_corr_ratio_0.6")}
+    emit(out, device=args.device)
     return 0
 
 

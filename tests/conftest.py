@@ -25,7 +25,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("AVATAR_SHARED_DATA", ROOT.parent / "shared" / "data"))
-REQUIRE_KINDS = ("data", "ext", "nvcc", "browser")
+REQUIRE_KINDS = ("data", "ext", "nvcc", "browser", "tts")
 
 
 def required_kinds() -> set[str]:

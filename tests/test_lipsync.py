@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from test_speak_support import SR, get_tiny_run, talking_wav
 
 
@@ -134,7 +133,7 @@ def test_bench_lipsync_over_a_folder(tiny_run, tmp_path, capsys):
     sf.write(str(folder / "a.wav"), talking_wav(1.2), SR)
     sf.write(str(folder / "b.flac"), talking_wav(0.8, silence=(0.3, 0.5)), SR, format="FLAC")
     (folder / "notes.txt").write_text("not audio")
-    assert bench.main([str(tiny_run), "--audio-dir", str(folder), "--device", "cpu"]) == 0
+    assert bench.main([str(tiny_run), "--audio-dir", str(folder), "--device", "cpu", "--no-tts"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     summary = json.loads(out[-1])
     assert [r["file"] for r in summary["files"]] == ["a.wav", "b.flac"] and summary["evaluated"] == 2
@@ -144,6 +143,17 @@ def test_bench_lipsync_over_a_folder(tiny_run, tmp_path, capsys):
     assert summary["machine"]["cores"] >= 1 and summary["machine"]["device"] == "cpu"
     assert summary["mean_abs_offset_frames"] == pytest.approx(np.mean([abs(r["av_offset_frames"]) for r in summary["files"]]))
     assert sum("a.wav" in line for line in out[:-1]) == 1  # the table
+    for r in summary["files"]:  # judged against the clip's own figures
+        assert r["d_offset"] == r["av_offset_frames"] - summary["gt_av_offset_frames"]
+    # issue 17's targets on a hand-made table: clip offset -2, corr 0.4
+    rows = [{"file": "fr.wav", "av_offset_frames": -1, "av_corr": 0.36}, {"file": "ja.wav", "av_offset_frames": -4, "av_corr": 0.2},
+            {"file": "itosinger1.wav", "av_offset_frames": 8, "av_corr": 0.01}, {"file": "bad.wav", "error": "x"}]
+    t = bench.judge(rows, -2, 0.4)
+    assert t["speech_files"] == 2 and t["files_offset_within_1"] == 1 and t["mean_abs_d_offset"] == 1.5
+    assert t["mean_corr_ratio"] == pytest.approx(0.7) and t["min_corr_ratio"] == pytest.approx(0.5)
+    assert not t["target_offset_every_file"] and not t["target_mean_corr_ratio_0.8"] and not t["target_min_corr_ratio_0.6"]
+    assert rows[2]["singing"] and rows[2]["d_offset"] == 10  # singing: reported, not judged
+    assert bench.judge(rows[:1], -2, 0.4)["target_offset_every_file"] and bench.judge(rows[:1], -2, 0.4)["target_min_corr_ratio_0.6"]
     # bad folders: one line on stderr, exit code 2
     capsys.readouterr()
     assert bench.main([str(tiny_run), "--audio-dir", str(tmp_path / "missing")]) == 2

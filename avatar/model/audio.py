@@ -72,8 +72,18 @@ class AudioEncoder(nn.Module):
     centred, else future = lookahead). `lookahead` is a plain attribute taken from the model config
     (not a buffer), so model files written before it existed load unchanged as centred.
     Rows are normalised with the training clip's per-dimension mean/std (buffers, saved with the
-    model, so new audio is normalised the same way).
+    model, so new audio is normalised the same way), with two guards for audio unlike the training clip's
+    (issue 17): the std is floored at `STD_FLOOR` and normalised values are clipped to +-`Z_CLIP`. Without them
+    a viseme class the clip (almost) never used (std ~1e-3, e.g. "oy" in a 50 s address) reached the network as
+    a value of ~1000 the first time another voice or language produced it, and the mouth flew open to 14x its
+    widest training gap (measured on macron_50s_30fps driven by real3dportrait_obama_5s.wav). Both apply in
+    `forward`, so runs saved before them are guarded too.
     """
+
+    STD_FLOOR = 0.1
+    """A one-hot class seen on 1 % of the frames has std 0.1: rarer classes are not blown up beyond that."""
+    Z_CLIP = 8.0
+    """Normalised inputs beyond 8 training std are out of distribution: clipped."""
 
     def __init__(self, in_dim: int, dim: int = 32, audio_window: int = 9, att_window: int = 9, lookahead: int = -1):
         super().__init__()
@@ -111,7 +121,7 @@ class AudioEncoder(nn.Module):
         b, w, d = windows.shape
         if w != self.window or d != self.in_dim:
             raise ValueError(f"audio windows must be [B, {self.window}, {self.in_dim}], got {tuple(windows.shape)}")
-        x = (windows - self.feat_mean) / self.feat_std  # [B, W, D]
+        x = ((windows - self.feat_mean) / self.feat_std.clamp_min(self.STD_FLOOR)).clamp(-self.Z_CLIP, self.Z_CLIP)  # [B, W, D]
         if not smooth:
             c = self.att_window // 2
             return self.net(x[:, c:c + self.audio_window])

@@ -20,6 +20,14 @@ class DataConfig:
     """Decoded, resized training frames kept in RAM (LRU); bounds memory for long clips."""
     val_frames: int = 8
     """Held-out frames rendered for the PSNR logged during training (evenly spaced over the val split)."""
+    voice_aug: float = 0.0
+    """Share of training windows whose audio features come from the clip's audio pitch-shifted (pitch and formants,
+    `avatar.core.voice.VOICE_SHIFTS` semitones) instead of the clip's own: the motion cannot lean on one voice's
+    spectrum, so lip sync holds for other voices and languages (issue 17; 0 = off)."""
+    viseme_dropout: float = 0.0
+    """Share of training windows whose phone-class (viseme) columns are replaced by their training mean (no
+    information): the motion must also follow the spectrum, since the English phone decoder's classes change
+    with the voice and mean little in other languages (issue 17; only for the phonetic+spectral features)."""
 
 
 @dataclasses.dataclass

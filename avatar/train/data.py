@@ -12,11 +12,18 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from avatar.core.dataset_format import (MASK_LABELS, PERSON_LABELS, DatasetInfo, FrameCache, held_out_indices,
-                                        render_size, resize_frame)
+from avatar.core.dataset_format import (
+    MASK_LABELS,
+    PERSON_LABELS,
+    DatasetInfo,
+    FrameCache,
+    held_out_indices,
+    render_size,
+    resize_frame,
+)
+from avatar.core.landmarks import LIPS_OUTER, LOWER_INNER_LIPS, MOTION_LANDMARKS
 from avatar.errors import AvatarError
 from avatar.model.audio import feature_windows, window_indices, window_offsets
-from avatar.core.landmarks import LIPS_OUTER, LOWER_INNER_LIPS, MOTION_LANDMARKS
 from avatar.train.config import DataConfig
 
 PERSON_IDS = tuple(MASK_LABELS[n] for n in PERSON_LABELS)
@@ -45,6 +52,9 @@ class FitData:
         self.feature_name = cfg.feature or info.default_feature
         self.feats = torch.as_tensor(np.array(info.feature(self.feature_name), np.float32), device=self.device)  # [N, D]
         self.feature_meta = dict(vars(info.features[self.feature_name]))
+        self.voice_feats = self._voice_features() if cfg.voice_aug > 0 else None  # [K, N, D] or None
+        self.viseme_cols = self._viseme_columns() if cfg.viseme_dropout > 0 else None  # slice or None
+        self.feat_mean = self.feats[torch.as_tensor(info.indices("train"), device=self.device)].mean(0)  # [D]
         self.blink = torch.as_tensor(info.blink().astype(np.float32), device=self.device)  # [N]
         self.landmarks = info.landmarks()  # [N, 478, 2] mmap, dataset pixels
         if len(self.blink) != info.num_frames or self.landmarks.shape[0] != info.num_frames:
@@ -72,6 +82,38 @@ class FitData:
             raise AvatarError(f"{info.root}/dataset.json: empty training split")
         self._decoder = FrameCache(info, capacity=4)
         self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+
+    def _voice_features(self) -> torch.Tensor | None:
+        """Features of the clip's audio pitch-shifted by each of `VOICE_SHIFTS` ([K, N, D]), made with the
+        dataset's own extractor: the same words at the same times in other voices (`DataConfig.voice_aug`).
+        None (with one line on stderr) when the features cannot be recomputed, e.g. imported .npy features."""
+        import json
+        import sys
+
+        from avatar.core.audio import load_audio
+        from avatar.core.voice import VOICE_SHIFTS, pitch_shift
+        from avatar.features import FeatureExtractor
+
+        info, name = self.info, self.feature_name
+        try:
+            meta = json.loads((info.root / "features" / f"{name}.json").read_text())
+            ex = FeatureExtractor.from_meta(meta)
+            wav = load_audio(info.path("audio.wav"))
+        except (AvatarError, OSError, ValueError) as e:
+            print(f"voice augmentation off: {e}", file=sys.stderr)
+            return None
+        banks = [ex(pitch_shift(wav, s), info.num_frames, info.fps)[0] for s in VOICE_SHIFTS]
+        return torch.as_tensor(np.stack(banks), dtype=torch.float32, device=self.device)
+
+    def _viseme_columns(self) -> slice | None:
+        import json
+
+        try:
+            meta = json.loads((self.info.root / "features" / f"{self.feature_name}.json").read_text())
+            a, b = meta["layout"]["viseme"]
+        except (OSError, ValueError, KeyError):
+            return None  # features without phone classes: nothing to drop
+        return slice(int(a), int(b))
 
     @property
     def feat_dim(self) -> int:
@@ -126,16 +168,34 @@ class FitData:
                 "labels": torch.as_tensor(np.stack(labs), device=dev).long(),
                 "lips": torch.as_tensor(np.stack(lips), device=dev)}
 
-    def windows(self, idx: np.ndarray | list[int]) -> torch.Tensor:
-        """[B, W, D] edge-padded feature windows of frames idx (rows k - past ... k + future)."""
+    def windows(self, idx: np.ndarray | list[int], rng: np.random.Generator | None = None) -> torch.Tensor:
+        """[B, W, D] edge-padded feature windows of frames idx (rows k - past ... k + future).
+
+        With `rng` (training steps) and `voice_aug` on, each window comes with probability `voice_aug` from one
+        pitch-shifted copy of the audio drawn at random (the whole window from the same copy), and with
+        `viseme_dropout` on, its viseme columns are set to their training mean with that probability; without `rng`
+        (evaluation) always the clip's own rows."""
         idx_t = torch.as_tensor(np.asarray(idx), device=self.device).reshape(-1)
-        return self.feats[window_indices(idx_t, self.window, self.future, self.feats.shape[0])]
+        rows = window_indices(idx_t, self.window, self.future, self.feats.shape[0])  # [B, W]
+        if rng is None or (self.voice_feats is None and self.viseme_cols is None):
+            return self.feats[rows]
+        out = self.feats[rows].clone()
+        if self.voice_feats is not None:
+            k = len(self.voice_feats)
+            pick = np.where(rng.random(len(idx_t)) < self.cfg.voice_aug, rng.integers(0, k, len(idx_t)), -1)
+            for b in np.flatnonzero(pick >= 0):
+                out[b] = self.voice_feats[int(pick[b])][rows[b]]
+        if self.viseme_cols is not None:
+            for b in np.flatnonzero(rng.random(len(idx_t)) < self.cfg.viseme_dropout):
+                out[b, :, self.viseme_cols] = self.feat_mean[self.viseme_cols]
+        return out
 
     def all_windows(self) -> torch.Tensor:
         return feature_windows(self.feats, self.window, self.future)
 
-    def batch(self, idx: np.ndarray | list[int]) -> dict[str, torch.Tensor]:
-        """Tensors for frames idx: rgb [B,H,W,3] in [0,1], labels [B,H,W] long, viewmats, feats [B,W,D], blink [B], lips [B,H,W,1]."""
+    def batch(self, idx: np.ndarray | list[int], rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Tensors for frames idx: rgb [B,H,W,3] in [0,1], labels [B,H,W] long, viewmats, feats [B,W,D], blink [B], lips [B,H,W,1].
+        `rng`: a training step (voice augmentation may apply, `windows`)."""
         rgbs, labs, lips = [], [], []
         for k in idx:
             rgb, lab = self.frame(k)
@@ -151,7 +211,7 @@ class FitData:
             "rgb": torch.as_tensor(np.stack(rgbs), device=dev).float() / 255.0,
             "labels": torch.as_tensor(np.stack(labs), device=dev).long(),
             "viewmats": self.viewmats[torch.as_tensor(np.asarray(idx), device=dev)],
-            "feats": self.windows(idx),
+            "feats": self.windows(idx, rng),
             "blink": self.blink[torch.as_tensor(np.asarray(idx), device=dev)],
             "lips": torch.as_tensor(np.stack(lips), device=dev),
         }

@@ -86,7 +86,8 @@ def project_points(x_head: torch.Tensor, viewmats: torch.Tensor, K: torch.Tensor
 
 
 def landmark_motion_loss(model: AvatarModel, data, frames: np.ndarray, canon: torch.Tensor, mouth_canon: torch.Tensor,
-                         mouth_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
+                         mouth_weight: float, rng: np.random.Generator | None = None
+                         ) -> tuple[torch.Tensor, dict[str, float]]:
     """Landmark motion loss (ours; not in TalkingGaussian/ER-NeRF, which learn lip motion from pixels alone).
 
     The face motion field is sampled at the canonical 3D landmarks of the lips, jaw and eyelids
@@ -98,7 +99,7 @@ def landmark_motion_loss(model: AvatarModel, data, frames: np.ndarray, canon: to
     direct geometric target on many frames per step, where pixels give a weak, late signal; it
     needs no rendering, so it also trains during the static warm-up."""
     idx = torch.as_tensor(frames, device=canon.device)
-    feats = data.windows(frames)
+    feats = data.windows(frames, rng)  # rng: a training step, voice augmentation may apply
     audio = model.audio(feats)
     blink = data.blink[idx]
     x, xm = model.point_motion(canon, audio, blink, mouth_canon)
@@ -295,7 +296,7 @@ class Trainer:
     def train_step(self) -> dict[str, float] | None:
         """One optimisation step; returns the loss terms, or None when the step was skipped (non-finite)."""
         self._set_learning_rates(self.step)
-        batch = self.data.batch(self._sample())
+        batch = self.data.batch(self._sample(), self.rng)
         out = self._render(batch, self.step, retain=True)
         loss, terms = compute_loss(out, batch, self.cfg)
         lc = self.cfg.loss
@@ -310,7 +311,7 @@ class Trainer:
         if lc.landmark_weight > 0 and lc.landmark_batch > 0:
             frames = self.rng.choice(self.data.train_idx, size=lc.landmark_batch, replace=len(self.data.train_idx) < lc.landmark_batch)
             lm_loss, lm_terms = landmark_motion_loss(self.model, self.data, frames, self.lm_canon, self.lm_mouth_canon,
-                                                     lc.landmark_mouth_weight)
+                                                     lc.landmark_mouth_weight, self.rng)
             loss = loss + lc.landmark_weight * lm_loss
             terms.update(lm_terms)
             terms["loss"] = float(loss.detach())
