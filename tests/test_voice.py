@@ -130,3 +130,35 @@ def test_audio_encoder_guards_classes_the_clip_never_used():
     step_rare = float((cr - c0).norm())
     assert step_rare < 5 * max(float((cb - c0).norm()), 1e-3)
     assert torch.allclose(enc(big), ch, atol=1e-5)  # beyond Z_CLIP std, values are clipped
+
+
+def test_augmentation_shares_are_checked(may_dataset):
+    from avatar.errors import AvatarError
+    from avatar.train.config import DataConfig
+    from avatar.train.data import FitData
+
+    for bad in (DataConfig(voice_aug=1.5), DataConfig(viseme_dropout=-0.1)):
+        with pytest.raises(AvatarError, match="0 to 1"):
+            FitData(may_dataset[1], bad, window=5)
+
+
+def test_viseme_dropout_replaces_only_the_phone_classes(may_dataset):
+    """viseme_dropout: in a dropped window every row's viseme columns hold their training mean (normalised: 0, no
+    information) and nothing else changes; evaluation windows are untouched."""
+    import json
+
+    import torch
+
+    from avatar.train.config import DataConfig
+    from avatar.train.data import FitData
+
+    info = may_dataset[1]
+    data = FitData(info, DataConfig(resolution=64, viseme_dropout=1.0), window=5)
+    a, b = json.loads((info.root / "features" / f"{data.feature_name}.json").read_text())["layout"]["viseme"]
+    idx = np.arange(3, info.num_frames - 3, 7)
+    own = data.windows(idx)
+    got = data.windows(idx, np.random.default_rng(1))
+    mean = data.feats[torch.as_tensor(info.indices("train"))].mean(0)
+    assert torch.allclose(got[:, :, a:b], mean[a:b].expand(len(idx), 5, -1))
+    assert torch.equal(got[:, :, :a], own[:, :, :a]) and torch.equal(got[:, :, b:], own[:, :, b:])
+    assert not torch.allclose(own[:, :, a:b], got[:, :, a:b])  # the clip's own windows do carry phone classes

@@ -52,6 +52,10 @@ class FitData:
         self.feature_name = cfg.feature or info.default_feature
         self.feats = torch.as_tensor(np.array(info.feature(self.feature_name), np.float32), device=self.device)  # [N, D]
         self.feature_meta = dict(vars(info.features[self.feature_name]))
+        for name in ("voice_aug", "viseme_dropout"):
+            v = getattr(cfg, name)
+            if not 0.0 <= v <= 1.0:
+                raise AvatarError(f"--data.{name} is a share of training windows: 0 to 1, got {v}")
         self.voice_feats = self._voice_features() if cfg.voice_aug > 0 else None  # [K, N, D] or None
         self.viseme_cols = self._viseme_columns() if cfg.viseme_dropout > 0 else None  # slice or None
         self.feat_mean = self.feats[torch.as_tensor(info.indices("train"), device=self.device)].mean(0)  # [D]
