@@ -226,3 +226,21 @@ def avatar(tiny_run):
     from avatar.engine.runtime import Avatar
 
     return Avatar.load(tiny_run, device="cpu")
+
+
+@pytest.fixture
+def taken_windows(monkeypatch) -> list:
+    """Every feature-window batch `FrameEngine.take` hands to the model during the test, in order: the windows
+    the engine really fed the model, for tests that compare them with what a path should feed it."""
+    from avatar.engine.engine import FrameEngine
+
+    taken: list = []
+    take = FrameEngine.take
+
+    def spy(self, count):
+        out = take(self, count)
+        taken.append(out.windows)
+        return out
+
+    monkeypatch.setattr(FrameEngine, "take", spy)
+    return taken

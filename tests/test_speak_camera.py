@@ -196,7 +196,7 @@ def lookahead_avatar(tmp_path_factory):
     return Avatar.load(root, device="cpu")
 
 
-def test_streaming_with_trained_lookahead(lookahead_avatar):
+def test_streaming_with_trained_lookahead(lookahead_avatar, taken_windows):
     import copy
 
     from avatar.engine import SpeakConfig, Speaker
@@ -217,25 +217,13 @@ def test_streaming_with_trained_lookahead(lookahead_avatar):
     ref = [f.rgb for f in Speaker(av, cfg).stream_offline_equivalent(wav)]
     rng = np.random.default_rng(1)
     chunks = np.split(wav, np.sort(rng.choice(len(wav), 50, replace=False)))
-    wins = []
-    from avatar.engine.engine import FrameEngine
-
-    take = FrameEngine.take
-
-    def spy(self, count):
-        out = take(self, count)
-        wins.append(out.windows)
-        return out
-
-    FrameEngine.take = spy
-    try:
-        got, waited = [], []
-        for f in sp.stream(chunks, record=True):
-            got.append(f)
-            if not sp.engine.ended:
-                waited.append(sp.engine.samples_pushed / SR - f.time_s)
-    finally:
-        FrameEngine.take = take
+    taken_windows.clear()  # (the offline reference above went through the engine too)
+    wins = taken_windows
+    got, waited = [], []
+    for f in sp.stream(chunks, record=True):
+        got.append(f)
+        if not sp.engine.ended:
+            waited.append(sp.engine.samples_pushed / SR - f.time_s)
     assert [f.index for f in got] == list(range(len(ref))) and len(ref) == 50
     assert max(np.abs(a.astype(int) - b.rgb.astype(int)).max() for a, b in zip(ref, got)) <= 1  # frame for frame
     assert waited and max(waited) <= sp.delay_s() + max(len(c) for c in chunks) / SR + 1e-6

@@ -29,7 +29,7 @@ def _inner_lip_gap(av, wins: np.ndarray) -> np.ndarray:
     return ((x[:, 1] - x[:, 0]).norm(dim=-1) / av.model.unit).numpy()
 
 
-def test_viewer_silence_is_speaks_closed_mouth(tiny_run, tmp_path):
+def test_viewer_silence_is_speaks_closed_mouth(tiny_run, tmp_path, taken_windows):
     import soundfile as sf
     from avatar.viewer.clips import ClipLibrary
     from avatar.viewer.config import ViewerConfig
@@ -38,7 +38,6 @@ def test_viewer_silence_is_speaks_closed_mouth(tiny_run, tmp_path):
     from avatar.core.audio import load_audio, rms_envelope
     from avatar.core.dataset_format import load_dataset
     from avatar.engine import Avatar, SpeakConfig, Speaker
-    from avatar.engine.engine import FrameEngine
     from avatar.errors import AvatarError
 
     audio_dir = tmp_path / "clips"
@@ -59,20 +58,9 @@ def test_viewer_silence_is_speaks_closed_mouth(tiny_run, tmp_path):
     assert seen.shape == (25, av.feature_window, av.feature_dim)
 
     # what `avatar speak` feeds the model for the same second of silence (windows taken from its engine)
-    taken = []
-    take = FrameEngine.take
-
-    def spy(self, count):
-        out = take(self, count)
-        taken.append(out.windows)
-        return out
-
-    FrameEngine.take = spy
-    try:
-        frames = list(Speaker(av, SpeakConfig(vad="energy")).frames(np.zeros(SR, np.float32)))
-    finally:
-        FrameEngine.take = take
-    spoken = np.concatenate(taken)
+    taken_windows.clear()  # (the viewer's own prepare above went through the engine too)
+    frames = list(Speaker(av, SpeakConfig(vad="energy")).frames(np.zeros(SR, np.float32)))
+    spoken = np.concatenate(taken_windows)
     assert len(frames) == 25
     np.testing.assert_array_equal(seen, spoken)
 
