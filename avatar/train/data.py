@@ -87,21 +87,28 @@ class FitData:
         self._decoder = FrameCache(info, capacity=4)
         self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
 
+    def _feature_json(self) -> dict:
+        """features/NAME.json of the training feature (its extractor and column layout); {} when unreadable."""
+        import json
+
+        try:
+            return json.loads((self.info.root / "features" / f"{self.feature_name}.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
     def _voice_features(self) -> torch.Tensor | None:
         """Features of the clip's audio pitch-shifted by each of `VOICE_SHIFTS` ([K, N, D]), made with the
         dataset's own extractor: the same words at the same times in other voices (`DataConfig.voice_aug`).
         None (with one line on stderr) when the features cannot be recomputed, e.g. imported .npy features."""
-        import json
         import sys
 
         from avatar.core.audio import load_audio
         from avatar.core.voice import VOICE_SHIFTS, pitch_shift
         from avatar.features import FeatureExtractor
 
-        info, name = self.info, self.feature_name
+        info = self.info
         try:
-            meta = json.loads((info.root / "features" / f"{name}.json").read_text())
-            ex = FeatureExtractor.from_meta(meta)
+            ex = FeatureExtractor.from_meta(self._feature_json())
             wav = load_audio(info.path("audio.wav"))
         except (AvatarError, OSError, ValueError) as e:
             print(f"voice augmentation off: {e}", file=sys.stderr)
@@ -110,13 +117,10 @@ class FitData:
         return torch.as_tensor(np.stack(banks), dtype=torch.float32, device=self.device)
 
     def _viseme_columns(self) -> slice | None:
-        import json
-
-        try:
-            meta = json.loads((self.info.root / "features" / f"{self.feature_name}.json").read_text())
-            a, b = meta["layout"]["viseme"]
-        except (OSError, ValueError, KeyError):
+        layout = self._feature_json().get("layout", {})
+        if "viseme" not in layout:
             return None  # features without phone classes: nothing to drop
+        a, b = layout["viseme"]
         return slice(int(a), int(b))
 
     @property
