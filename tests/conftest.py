@@ -90,6 +90,28 @@ def may_dataset(tmp_path_factory, shared_data):
     return video, info
 
 
+@pytest.fixture(scope="session")
+def may_run(may_dataset, tmp_path_factory) -> Path:
+    """A run folder: the cpu preset (with its voice augmentation and viseme dropout) fitted to may_5s.mp4 for 300
+    steps at 96 px with fewer points, built once per test session. A real-data model for tests that need one."""
+    import warnings
+
+    from avatar.core.config import apply_overrides
+    from avatar.train.presets import get_preset
+    from avatar.train.trainer import fit
+
+    warnings.filterwarnings("ignore", message=".*backend.*")
+    cfg = apply_overrides(get_preset("cpu"), {
+        "iters": "300", "eval_every": "0", "ckpt_every": "0", "final_eval": "false", "data.resolution": "96",
+        "model.layered": "false", "loss.head_crop_weight": "0",
+        "model.face_points": "2500", "model.shell_points": "1200", "model.mouth_points": "400", "model.torso_points": "800",
+        "optim.warmup": "60", "strategy.refine_start": "50", "strategy.refine_every": "50", "strategy.refine_stop": "250",
+    })
+    run = tmp_path_factory.mktemp("may_run") / "run"
+    fit(cfg, may_dataset[1].root, run, progress=False)
+    return run
+
+
 # ---- synthetic videos for the preprocessing tests (written with PyAV into tmp dirs) ---------------
 
 CODE_BITS = 10

@@ -190,3 +190,33 @@ def test_silero_gate_keeps_the_torch_thread_count():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "2"
+
+
+def test_same_file_whatever_the_thread_count(may_run, tmp_path):
+    """`avatar speak` of a real-clip avatar at 1 and at 2 torch threads writes byte-identical mp4s. MKL chooses its GEMM
+    kernels by thread count (results 1e-7 apart, 45-49 dB after H.264 at 512x512), so an `avatar batch` worker
+    (1 thread) differed from `avatar speak` (all cores) until the package set MKL's strict reproducible mode
+    (avatar/__init__.py). Also checked below the engine: the audio net's [9, 64] x [64, 64] Linear that differed."""
+    import os
+
+    import soundfile as sf
+    from conftest import shared_file
+
+    from avatar.core.audio import load_audio
+
+    src = tmp_path / "fr.wav"
+    sf.write(str(src), load_audio(shared_file("audio/dreamtalk_french1.wav"), sr=SR)[: 2 * SR], SR)
+    probe = ("import avatar, torch, sys; torch.set_num_threads(int(sys.argv[1])); g = torch.Generator().manual_seed(0); "
+             "w = torch.randn(64, 64, generator=g); x = torch.randn(9, 64, generator=g); "
+             "sys.stdout.buffer.write(torch.nn.functional.linear(x, w).numpy().tobytes())")
+    files, gemm = [], []
+    for n in (1, 2):
+        env = dict(os.environ, OMP_NUM_THREADS=str(n))
+        gemm.append(subprocess.run([sys.executable, "-c", probe, str(n)], capture_output=True, env=env, check=True).stdout)
+        out = tmp_path / f"t{n}.mp4"
+        r = subprocess.run([sys.executable, "-m", "avatar.cli", "speak", str(may_run), "--audio", str(src), "-o", str(out),
+                            "--device", "cpu"], capture_output=True, text=True, env=env, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        files.append(out.read_bytes())
+    assert len(files[0]) > 1000 and files[0] == files[1]
+    assert len(gemm[0]) == 9 * 64 * 4 and gemm[0] == gemm[1]

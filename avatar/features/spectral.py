@@ -47,6 +47,30 @@ def mel_filterbank(n_mels: int = N_MELS, n_fft: int = N_FFT, sample_rate: int = 
     return np.maximum(0.0, np.minimum(up, down)).astype(np.float32)  # [M, B]
 
 
+@functools.lru_cache(maxsize=4)
+def _filter_bands(n_fft: int = N_FFT) -> tuple[tuple[int, int, np.ndarray], ...]:
+    """Per mel filter: (first bin, end bin, weights) of its non-zero band."""
+    out = []
+    for row in mel_filterbank(n_fft=n_fft):
+        nz = np.flatnonzero(row)
+        lo, hi = (int(nz[0]), int(nz[-1]) + 1) if len(nz) else (0, 0)
+        out.append((lo, hi, row[lo:hi]))
+    return tuple(out)
+
+
+def mel_energies(power: np.ndarray) -> np.ndarray:
+    """[F, n_fft//2+1] power spectra -> [F, N_MELS] mel energies (`mel_filterbank` applied).
+
+    Not `power @ fb.T`: numpy's BLAS (OpenBLAS) sums in an order that depends on its thread count
+    (OMP_NUM_THREADS, which Ray sets to 1 in every `avatar batch` worker), so the same audio gave features 1e-7
+    apart, and frames 1 level apart, in a worker and in `avatar speak`. Each filter's band summed by numpy's own
+    reduction is one fixed order everywhere, and touches only the ~2 % of the matrix that is non-zero."""
+    out = np.empty((power.shape[0], len(_filter_bands(2 * (power.shape[1] - 1)))), np.float32)
+    for m, (lo, hi, w) in enumerate(_filter_bands(2 * (power.shape[1] - 1))):
+        out[:, m] = (power[:, lo:hi] * w).sum(1)
+    return out
+
+
 def _power_mel(wav: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mel power [F, N_MELS] and frame power [F] at 100 Hz; frame j is centred at sample j*HOP.
 
@@ -68,8 +92,7 @@ def _power_mel(wav: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     spec = torch.stft(t, n_fft=N_FFT, hop_length=HOP, win_length=WIN, window=window, center=False,
                       return_complex=True)  # [B, F']
     power = (spec.real ** 2 + spec.imag ** 2).T[:num].numpy()  # [F, B]
-    fb = mel_filterbank()
-    mel = power @ fb.T  # [F, M]
+    mel = mel_energies(power)  # [F, M]
     # frame loudness: mean square of the un-emphasised signal over the WIN samples centred on the frame
     # (a full-scale sine is -3 dB); pre-emphasis would under-weight voiced speech
     sq = np.pad(wav.astype(np.float64) ** 2, (WIN // 2, WIN // 2 + HOP))
