@@ -10,6 +10,7 @@
 
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 #if defined(__CUDACC__)
 #define CE_HD __host__ __device__ __forceinline__
@@ -259,17 +260,59 @@ CE_HD void tile_rect(float u, float v, int rx, int ry, int tile_size, int tiles_
   rect[3] = y1 < 0 ? 0 : (y1 > tiles_y ? tiles_y : y1);
 }
 
-// ---- compositing step -------------------------------------------------------------------------
-// One (pixel, Gaussian) evaluation shared by forward and backward so both make identical decisions.
-// Returns false when the contribution is skipped (sigma < 0 or alpha < 1/255).
+// ---- exp ----------------------------------------------------------------------------------------
+// Host SIMD: 4 floats / ints (one SSE register) as GCC vector types, for the CPU driver's row loops, with the
+// three conversions exp_nonpos needs for both a scalar and a vector argument.
+#if !defined(__CUDACC__)
+typedef float f4 __attribute__((vector_size(16)));
+typedef int i4 __attribute__((vector_size(16)));
+inline i4 to_int(f4 x) { return __builtin_convertvector(x, i4); }
+inline f4 to_float(i4 n) { return __builtin_convertvector(n, f4); }
+inline f4 bits_to_float(i4 b) { return (f4)b; }
+#endif
+CE_HD int to_int(float x) { return (int)x; }
+CE_HD float to_float(int n) { return (float)n; }
+CE_HD float bits_to_float(int b) {
+  float f;
+  memcpy(&f, &b, sizeof f);
+  return f;
+}
+
+// exp(x) for x <= 0, x a float or an f4 (F) with the matching int type I; larger x is taken as 0, smaller as -60
+// (exp(-60) ~ 1e-26: the compositing skips alpha < 1/255 long before, and nothing goes subnormal). Cody-Waite
+// reduction x = n ln2 + r, |r| <= ln2 / 2, Cephes' degree-6 polynomial for e^r (S. L. Moshier, Cephes Math
+// Library, expf.c; relative error <= 1e-7 here), 2^n built from exponent bits. Only +, *, compares, a float->int
+// truncation and a bit cast: the scalar form (eval_alpha, the backward pass) and the f4 form (the CPU forward
+// row loop) round identically lane by lane (IEEE, no contraction: -ffp-contract=off), so both passes see the
+// same alphas; libm's expf would be a scalar call per pixel.
+template <class F, class I>
+CE_HD F exp_nonpos(F x) {
+  x = x < -60.f ? -60.f : x;
+  x = x > 0.f ? 0.f : x;
+  const I n = to_int(x * 1.44269504088896341f - 0.5f);  // round(x / ln2): truncation goes toward 0 and x <= 0
+  const F fn = to_float(n);
+  F r = x - fn * 0.693359375f;  // ln2 split in two (Cephes C1, C2) so that fn * C1 is exact
+  r = r - fn * -2.12194440e-4f;
+  F y = r * 1.9875691500e-4f + 1.3981999507e-3f;
+  y = y * r + 8.3334519073e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * (r * r) + r + 1.f;
+  return y * bits_to_float((n + 127) << 23);  // 2^n, n in [-87, 0]
+}
+
 CE_HD float ce_exp(float x) {
 #if defined(__CUDA_ARCH__)
   return __expf(x);
 #else
-  return expf(x);
+  return exp_nonpos<float, int>(x);
 #endif
 }
 
+// ---- compositing step -------------------------------------------------------------------------
+// One (pixel, Gaussian) evaluation shared by forward and backward so both make identical decisions.
+// Returns false when the contribution is skipped (sigma < 0 or alpha < 1/255).
 struct AlphaEval {
   float dx, dy, G, alpha;
   bool clamped;

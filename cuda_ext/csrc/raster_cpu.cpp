@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 #include <vector>
 
@@ -217,9 +218,6 @@ static inline bool row_span(const Packed& p, float py, int& j0, int& j1) {
   return j0 <= j1;
 }
 
-// alpha (and G = exp(-sigma)) of one Gaussian for pixels ja..ja+n-1 of row py, 0 where skipped
-// (sigma < 0 or alpha < 1/255). Same arithmetic as ce::eval_alpha, written branch-free so the
-// compiler vectorises it; forward and backward both call it, so they see identical alphas.
 static std::vector<Packed> pack_all(const float* m2, const float* cn, const float* op, int64_t BN) {
   std::vector<Packed> pk(BN);
   at::parallel_for(0, BN, 1024, [&](int64_t lo, int64_t hi) {
@@ -247,6 +245,56 @@ static inline TileGeom tile_geom(int64_t bt, int T, int tx_n, int ts, int W, int
   return g;
 }
 
+// ---- forward row step, 4 pixels at a time ------------------------------------------------------
+// One Gaussian composited front to back into pixels x = x0 .. x0 + n - 1 (n a multiple of kLanes) of tile row
+// py, for the pixels in [ja, jb] not yet done: ce::eval_alpha's arithmetic in the same order on ce::f4 lanes
+// (exp by ce::exp_nonpos, as the scalar path), so every alpha is bit-identical to the one the backward pass
+// evaluates pixel by pixel. Every lane is computed and the update selected by a mask; lanes outside the span
+// or done are left as they were. Returns the lanes' weights alpha * T in w (> 0 exactly where the Gaussian was
+// composited, else 0), marks pixels whose transmittance would fall below kTMin as done (dn != 0) and returns
+// how many did.
+constexpr int kLanes = 4;
+using ce::f4;
+using ce::i4;
+
+static inline f4 load4(const float* p) {
+  f4 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+static inline i4 load4(const int* p) {
+  i4 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+static inline void store4(float* p, f4 v) { std::memcpy(p, &v, sizeof v); }
+static inline void store4(int* p, i4 v) { std::memcpy(p, &v, sizeof v); }
+
+static inline int fwd_row(const Packed& p, float py, int x0, int ja, int jb, int n, float* Tr, int* dn, float* w) {
+  const float dy = p.v - py;
+  const f4 half = {0.5f, 1.5f, 2.5f, 3.5f};  // pixel centre offsets of the 4 lanes (exact half-integers)
+  const i4 step = {0, 1, 2, 3};
+  i4 stops = {0, 0, 0, 0};
+  for (int t = 0; t < n; t += kLanes) {
+    const i4 x = (x0 + t) + step;
+    const f4 dx = p.u - ((float)(x0 + t) + half);
+    const f4 sigma = 0.5f * (p.q0 * dx * dx + p.q2 * dy * dy) + p.q1 * dx * dy;
+    const f4 a0 = p.o * ce::exp_nonpos<f4, i4>(-sigma);
+    const f4 a = a0 > ce::kAlphaMax ? ce::kAlphaMax : a0;
+    const i4 d = load4(dn + t);
+    const i4 ok = (x >= ja) & (x <= jb) & (d == 0) & (sigma >= 0.f) & (a >= ce::kAlphaMin);
+    const f4 T0 = load4(Tr + t);
+    const f4 tn = T0 * (1.f - a);
+    const i4 stop = ok & (tn < ce::kTMin);
+    const i4 use = ok & ~stop;
+    store4(w + t, use ? a * T0 : 0.f);
+    store4(Tr + t, use ? tn : T0);
+    store4(dn + t, d | stop);
+    stops -= stop;  // masks are -1 where true
+  }
+  return stops[0] + stops[1] + stops[2] + stops[3];
+}
+
 struct FwdArgs {
   const Packed* pk;
   const float* col;
@@ -257,16 +305,19 @@ struct FwdArgs {
   int* o_last;
 };
 
+// Tile scratch rows have stride row_stride(ts) (ts rounded up to kLanes) so a lane group never runs past its row.
+static inline int row_stride(int ts) { return (ts + kLanes - 1) / kLanes * kLanes; }
+
 template <int CC>
-static void fwd_tile(const FwdArgs& A, int64_t bt, float* Tp, float* Cp, int* lastp, char* done) {
+static void fwd_tile(const FwdArgs& A, int64_t bt, float* Tp, float* Cp, int* lastp, int* done, float* w) {
   const int C = CC > 0 ? CC : A.C;
   const TileGeom tg = tile_geom(bt, A.T, A.tx_n, A.ts, A.W, A.H);
-  const int P = tg.tw * (tg.y_hi - tg.y_lo);
-  std::fill(Tp, Tp + P, 1.f);
-  std::fill(Cp, Cp + P * C, 0.f);
-  std::fill(lastp, lastp + P, 0);
-  std::fill(done, done + P, 0);
-  int remaining = P;
+  const int rs = row_stride(A.ts), PS = rs * A.ts;  // Cp is planar: channel ch at Cp + ch * PS
+  std::fill(Tp, Tp + PS, 1.f);
+  std::fill(Cp, Cp + PS * C, 0.f);
+  std::fill(lastp, lastp + PS, 0);
+  std::fill(done, done + PS, 0);
+  int remaining = tg.tw * (tg.y_hi - tg.y_lo);
   const int start = A.offs[bt], end = A.offs[bt + 1];
   for (int k = start; k < end && remaining > 0; ++k) {
     const int g = A.ids[k];
@@ -274,36 +325,31 @@ static void fwd_tile(const FwdArgs& A, int64_t bt, float* Tp, float* Cp, int* la
     int j0, j1, i0, i1;
     if (!box_in_tile(p, tg.x_lo, tg.x_hi, tg.y_lo, tg.y_hi, j0, j1, i0, i1)) continue;
     const float* c = A.col + (int64_t)g * C;
+    const i4 idx = {k - start + 1, k - start + 1, k - start + 1, k - start + 1};
     for (int i = i0; i <= i1; ++i) {
       const float py = (float)i + 0.5f;
       int ja = j0, jb = j1;
       if (!row_span(p, py, ja, jb)) continue;
-      int pi = (i - tg.y_lo) * tg.tw + (ja - tg.x_lo);
-      for (int j = ja; j <= jb; ++j, ++pi) {
-        if (done[pi]) continue;
-        ce::AlphaEval e;
-        if (!ce::eval_alpha(p.u, p.v, p.q0, p.q1, p.q2, p.o, (float)j + 0.5f, py, e)) continue;
-        const float T0 = Tp[pi];
-        const float tn = T0 * (1.f - e.alpha);
-        if (tn < ce::kTMin) {
-          done[pi] = 1;
-          --remaining;
-          continue;
+      const int a0 = (ja - tg.x_lo) / kLanes * kLanes, n = ((jb - tg.x_lo) / kLanes + 1) * kLanes - a0;
+      const int base = (i - tg.y_lo) * rs + a0;
+      remaining -= fwd_row(p, py, tg.x_lo + a0, ja, jb, n, Tp + base, done + base, w);
+      for (int t = 0; t < n; t += kLanes) {
+        const f4 wt = load4(w + t);
+        const i4 lt = load4(lastp + base + t);
+        store4(lastp + base + t, wt > 0.f ? idx : lt);
+        for (int ch = 0; ch < C; ++ch) {
+          float* cp = Cp + ch * PS + base + t;
+          store4(cp, load4(cp) + wt * c[ch]);
         }
-        const float w = e.alpha * T0;
-        float* cp = Cp + pi * C;
-        for (int ch = 0; ch < C; ++ch) cp[ch] += w * c[ch];
-        Tp[pi] = tn;
-        lastp[pi] = k - start + 1;
       }
     }
   }
   for (int i = tg.y_lo; i < tg.y_hi; ++i)
     for (int j = tg.x_lo; j < tg.x_hi; ++j) {
-      const int pi = (i - tg.y_lo) * tg.tw + (j - tg.x_lo);
+      const int pi = (i - tg.y_lo) * rs + (j - tg.x_lo);
       const int64_t q = (tg.b * A.H + i) * A.W + j;
       for (int ch = 0; ch < C; ++ch)
-        A.o_img[q * C + ch] = Cp[pi * C + ch] + (A.bg ? Tp[pi] * A.bg[tg.b * C + ch] : 0.f);
+        A.o_img[q * C + ch] = Cp[ch * PS + pi] + (A.bg ? Tp[pi] * A.bg[tg.b * C + ch] : 0.f);
       A.o_a[q] = 1.f - Tp[pi];
       A.o_t[q] = Tp[pi];
       A.o_last[q] = lastp[pi];
@@ -423,25 +469,23 @@ std::vector<Tensor> rasterize_fwd(const Tensor& means2d, const Tensor& conics, c
             offs.data(), ids.data(), (int)C, W, H, ts, T, tx_n, image.data_ptr<float>(), alpha.data_ptr<float>(),
             t_final.data_ptr<float>(), last.data_ptr<int>()};
   struct FwdScratch {
-    std::vector<float> Tp, Cp;
-    std::vector<int> lastp;
-    std::vector<char> done;
+    std::vector<float> Tp, Cp, w;
+    std::vector<int> lastp, done;
   };
-  const int P2 = ts * ts;
+  const int PS = row_stride(ts) * ts;
   auto make_fwd = [&]() {
-    return FwdScratch{std::vector<float>(P2), std::vector<float>(P2 * C), std::vector<int>(P2),
-                      std::vector<char>(P2)};
+    return FwdScratch{std::vector<float>(PS), std::vector<float>(PS * C), std::vector<float>(row_stride(ts)),
+                      std::vector<int>(PS), std::vector<int>(PS)};
   };
   dynamic_for<FwdScratch>(B * T, make_fwd, [&](int64_t bt, FwdScratch& sc) {
-    float *Tp = sc.Tp.data(), *Cp = sc.Cp.data();
-    int* lastp = sc.lastp.data();
-    char* done = sc.done.data();
+    float *Tp = sc.Tp.data(), *Cp = sc.Cp.data(), *w = sc.w.data();
+    int *lastp = sc.lastp.data(), *done = sc.done.data();
     switch (C) {
-      case 1: fwd_tile<1>(A, bt, Tp, Cp, lastp, done); break;
-      case 2: fwd_tile<2>(A, bt, Tp, Cp, lastp, done); break;
-      case 3: fwd_tile<3>(A, bt, Tp, Cp, lastp, done); break;
-      case 4: fwd_tile<4>(A, bt, Tp, Cp, lastp, done); break;
-      default: fwd_tile<0>(A, bt, Tp, Cp, lastp, done);
+      case 1: fwd_tile<1>(A, bt, Tp, Cp, lastp, done, w); break;
+      case 2: fwd_tile<2>(A, bt, Tp, Cp, lastp, done, w); break;
+      case 3: fwd_tile<3>(A, bt, Tp, Cp, lastp, done, w); break;
+      case 4: fwd_tile<4>(A, bt, Tp, Cp, lastp, done, w); break;
+      default: fwd_tile<0>(A, bt, Tp, Cp, lastp, done, w);
     }
   });
   auto i32 = f32.dtype(at::kInt);
