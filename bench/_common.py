@@ -40,7 +40,7 @@ FIXTURE_RECIPE = {
     "overrides": {"iters": "400", "eval_every": "0", "ckpt_every": "0", "final_eval": "false", "seed": "0",
                   "optim.warmup": "100", "strategy.refine_start": "100", "strategy.refine_every": "100",
                   "strategy.refine_stop": "350"},
-    "version": 1,
+    "version": 2,  # 2: the cpu preset renders the torso layer at 256 px
 }
 """How the fixture run is made; a cached run whose recipe differs is rebuilt."""
 

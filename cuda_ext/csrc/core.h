@@ -261,32 +261,36 @@ CE_HD void tile_rect(float u, float v, int rx, int ry, int tile_size, int tiles_
 }
 
 // ---- exp ----------------------------------------------------------------------------------------
-// Host SIMD: 4 floats / ints (one SSE register) as GCC vector types, for the CPU driver's row loops, with the
-// three conversions exp_nonpos needs for both a scalar and a vector argument.
-#if !defined(__CUDACC__)
-typedef float f4 __attribute__((vector_size(16)));
-typedef int i4 __attribute__((vector_size(16)));
-inline i4 to_int(f4 x) { return __builtin_convertvector(x, i4); }
-inline f4 to_float(i4 n) { return __builtin_convertvector(n, f4); }
-inline f4 bits_to_float(i4 b) { return (f4)b; }
+// Host SIMD: 8 floats / ints as GCC vector types for the CPU driver's row loops (one AVX register where the
+// CPU driver's AVX2 clone runs, two SSE registers elsewhere), and the three conversions exp_nonpos needs for a
+// scalar and a vector argument. CE_INL: always inlined on the host, so the AVX2 clone compiles its own copy.
+#if defined(__CUDACC__)
+#define CE_INL CE_HD
+#else
+#define CE_INL inline __attribute__((always_inline))
+typedef float vf __attribute__((vector_size(32)));
+typedef int vi __attribute__((vector_size(32)));
+CE_INL vi to_int(vf x) { return __builtin_convertvector(x, vi); }
+CE_INL vf to_float(vi n) { return __builtin_convertvector(n, vf); }
+CE_INL vf bits_to_float(vi b) { return (vf)b; }
 #endif
-CE_HD int to_int(float x) { return (int)x; }
-CE_HD float to_float(int n) { return (float)n; }
-CE_HD float bits_to_float(int b) {
+CE_INL int to_int(float x) { return (int)x; }
+CE_INL float to_float(int n) { return (float)n; }
+CE_INL float bits_to_float(int b) {
   float f;
   memcpy(&f, &b, sizeof f);
   return f;
 }
 
-// exp(x) for x <= 0, x a float or an f4 (F) with the matching int type I; larger x is taken as 0, smaller as -60
+// exp(x) for x <= 0, x a float or a vf (F) with the matching int type I; larger x is taken as 0, smaller as -60
 // (exp(-60) ~ 1e-26: the compositing skips alpha < 1/255 long before, and nothing goes subnormal). Cody-Waite
 // reduction x = n ln2 + r, |r| <= ln2 / 2, Cephes' degree-6 polynomial for e^r (S. L. Moshier, Cephes Math
 // Library, expf.c; relative error <= 1e-7 here), 2^n built from exponent bits. Only +, *, compares, a float->int
-// truncation and a bit cast: the scalar form (eval_alpha, the backward pass) and the f4 form (the CPU forward
+// truncation and a bit cast: the scalar form (eval_alpha, the backward pass) and the vf form (the CPU forward
 // row loop) round identically lane by lane (IEEE, no contraction: -ffp-contract=off), so both passes see the
 // same alphas; libm's expf would be a scalar call per pixel.
 template <class F, class I>
-CE_HD F exp_nonpos(F x) {
+CE_INL F exp_nonpos(F x) {
   x = x < -60.f ? -60.f : x;
   x = x > 0.f ? 0.f : x;
   const I n = to_int(x * 1.44269504088896341f - 0.5f);  // round(x / ln2): truncation goes toward 0 and x <= 0

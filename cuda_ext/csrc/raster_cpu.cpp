@@ -245,54 +245,57 @@ static inline TileGeom tile_geom(int64_t bt, int T, int tx_n, int ts, int W, int
   return g;
 }
 
-// ---- forward row step, 4 pixels at a time ------------------------------------------------------
+// ---- forward row step, 8 pixels at a time ------------------------------------------------------
 // One Gaussian composited front to back into pixels x = x0 .. x0 + n - 1 (n a multiple of kLanes) of tile row
-// py, for the pixels in [ja, jb] not yet done: ce::eval_alpha's arithmetic in the same order on ce::f4 lanes
+// py, for the pixels in [ja, jb] not yet done: ce::eval_alpha's arithmetic in the same order on ce::vf lanes
 // (exp by ce::exp_nonpos, as the scalar path), so every alpha is bit-identical to the one the backward pass
 // evaluates pixel by pixel. Every lane is computed and the update selected by a mask; lanes outside the span
 // or done are left as they were. Returns the lanes' weights alpha * T in w (> 0 exactly where the Gaussian was
 // composited, else 0), marks pixels whose transmittance would fall below kTMin as done (dn != 0) and returns
 // how many did.
-constexpr int kLanes = 4;
-using ce::f4;
-using ce::i4;
+constexpr int kLanes = 8;
+using ce::vf;
+using ce::vi;
+#define CE_INL_CPU static inline __attribute__((always_inline))
 
-static inline f4 load4(const float* p) {
-  f4 v;
+CE_INL_CPU vf vload(const float* p) {
+  vf v;
   std::memcpy(&v, p, sizeof v);
   return v;
 }
-static inline i4 load4(const int* p) {
-  i4 v;
+CE_INL_CPU vi vload(const int* p) {
+  vi v;
   std::memcpy(&v, p, sizeof v);
   return v;
 }
-static inline void store4(float* p, f4 v) { std::memcpy(p, &v, sizeof v); }
-static inline void store4(int* p, i4 v) { std::memcpy(p, &v, sizeof v); }
+CE_INL_CPU void vstore(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
+CE_INL_CPU void vstore(int* p, vi v) { std::memcpy(p, &v, sizeof v); }
 
-static inline int fwd_row(const Packed& p, float py, int x0, int ja, int jb, int n, float* Tr, int* dn, float* w) {
+CE_INL_CPU int fwd_row(const Packed& p, float py, int x0, int ja, int jb, int n, float* Tr, int* dn, float* w) {
   const float dy = p.v - py;
-  const f4 half = {0.5f, 1.5f, 2.5f, 3.5f};  // pixel centre offsets of the 4 lanes (exact half-integers)
-  const i4 step = {0, 1, 2, 3};
-  i4 stops = {0, 0, 0, 0};
+  const vf half = {0.5f, 1.5f, 2.5f, 3.5f, 4.5f, 5.5f, 6.5f, 7.5f};  // pixel centres of the lanes (exact)
+  const vi step = {0, 1, 2, 3, 4, 5, 6, 7};
+  vi stops = {};
   for (int t = 0; t < n; t += kLanes) {
-    const i4 x = (x0 + t) + step;
-    const f4 dx = p.u - ((float)(x0 + t) + half);
-    const f4 sigma = 0.5f * (p.q0 * dx * dx + p.q2 * dy * dy) + p.q1 * dx * dy;
-    const f4 a0 = p.o * ce::exp_nonpos<f4, i4>(-sigma);
-    const f4 a = a0 > ce::kAlphaMax ? ce::kAlphaMax : a0;
-    const i4 d = load4(dn + t);
-    const i4 ok = (x >= ja) & (x <= jb) & (d == 0) & (sigma >= 0.f) & (a >= ce::kAlphaMin);
-    const f4 T0 = load4(Tr + t);
-    const f4 tn = T0 * (1.f - a);
-    const i4 stop = ok & (tn < ce::kTMin);
-    const i4 use = ok & ~stop;
-    store4(w + t, use ? a * T0 : 0.f);
-    store4(Tr + t, use ? tn : T0);
-    store4(dn + t, d | stop);
+    const vi x = (x0 + t) + step;
+    const vf dx = p.u - ((float)(x0 + t) + half);
+    const vf sigma = 0.5f * (p.q0 * dx * dx + p.q2 * dy * dy) + p.q1 * dx * dy;
+    const vf a0 = p.o * ce::exp_nonpos<vf, vi>(-sigma);
+    const vf a = a0 > ce::kAlphaMax ? ce::kAlphaMax : a0;
+    const vi d = vload(dn + t);
+    const vi ok = (x >= ja) & (x <= jb) & (d == 0) & (sigma >= 0.f) & (a >= ce::kAlphaMin);
+    const vf T0 = vload(Tr + t);
+    const vf tn = T0 * (1.f - a);
+    const vi stop = ok & (tn < ce::kTMin);
+    const vi use = ok & ~stop;
+    vstore(w + t, use ? a * T0 : 0.f);
+    vstore(Tr + t, use ? tn : T0);
+    vstore(dn + t, d | stop);
     stops -= stop;  // masks are -1 where true
   }
-  return stops[0] + stops[1] + stops[2] + stops[3];
+  int sum = 0;
+  for (int l = 0; l < kLanes; ++l) sum += stops[l];
+  return sum;
 }
 
 struct FwdArgs {
@@ -309,7 +312,7 @@ struct FwdArgs {
 static inline int row_stride(int ts) { return (ts + kLanes - 1) / kLanes * kLanes; }
 
 template <int CC>
-static void fwd_tile(const FwdArgs& A, int64_t bt, float* Tp, float* Cp, int* lastp, int* done, float* w) {
+CE_INL_CPU void fwd_tile(const FwdArgs& A, int64_t bt, float* Tp, float* Cp, int* lastp, int* done, float* w) {
   const int C = CC > 0 ? CC : A.C;
   const TileGeom tg = tile_geom(bt, A.T, A.tx_n, A.ts, A.W, A.H);
   const int rs = row_stride(A.ts), PS = rs * A.ts;  // Cp is planar: channel ch at Cp + ch * PS
@@ -325,7 +328,7 @@ static void fwd_tile(const FwdArgs& A, int64_t bt, float* Tp, float* Cp, int* la
     int j0, j1, i0, i1;
     if (!box_in_tile(p, tg.x_lo, tg.x_hi, tg.y_lo, tg.y_hi, j0, j1, i0, i1)) continue;
     const float* c = A.col + (int64_t)g * C;
-    const i4 idx = {k - start + 1, k - start + 1, k - start + 1, k - start + 1};
+    const vi idx = vi{} + (k - start + 1);
     for (int i = i0; i <= i1; ++i) {
       const float py = (float)i + 0.5f;
       int ja = j0, jb = j1;
@@ -334,12 +337,12 @@ static void fwd_tile(const FwdArgs& A, int64_t bt, float* Tp, float* Cp, int* la
       const int base = (i - tg.y_lo) * rs + a0;
       remaining -= fwd_row(p, py, tg.x_lo + a0, ja, jb, n, Tp + base, done + base, w);
       for (int t = 0; t < n; t += kLanes) {
-        const f4 wt = load4(w + t);
-        const i4 lt = load4(lastp + base + t);
-        store4(lastp + base + t, wt > 0.f ? idx : lt);
+        const vf wt = vload(w + t);
+        const vi lt = vload(lastp + base + t);
+        vstore(lastp + base + t, wt > 0.f ? idx : lt);
         for (int ch = 0; ch < C; ++ch) {
           float* cp = Cp + ch * PS + base + t;
-          store4(cp, load4(cp) + wt * c[ch]);
+          vstore(cp, vload(cp) + wt * c[ch]);
         }
       }
     }
@@ -354,6 +357,20 @@ static void fwd_tile(const FwdArgs& A, int64_t bt, float* Tp, float* Cp, int* la
       A.o_t[q] = Tp[pi];
       A.o_last[q] = lastp[pi];
     }
+}
+
+// One forward tile task, compiled twice (GCC function multiversioning, resolved once at load time by the CPU's
+// features): an AVX2 clone, where the 8-lane row step is one register wide, and the x86-64 baseline (SSE2, two
+// registers). Both run the same IEEE operations without contraction, so their images are bit-identical.
+__attribute__((target_clones("avx2", "default"))) static void fwd_task(const FwdArgs& A, int64_t bt, float* Tp,
+                                                                      float* Cp, int* lastp, int* done, float* w) {
+  switch (A.C) {
+    case 1: fwd_tile<1>(A, bt, Tp, Cp, lastp, done, w); break;
+    case 2: fwd_tile<2>(A, bt, Tp, Cp, lastp, done, w); break;
+    case 3: fwd_tile<3>(A, bt, Tp, Cp, lastp, done, w); break;
+    case 4: fwd_tile<4>(A, bt, Tp, Cp, lastp, done, w); break;
+    default: fwd_tile<0>(A, bt, Tp, Cp, lastp, done, w);
+  }
 }
 
 struct BwdArgs {
@@ -480,13 +497,7 @@ std::vector<Tensor> rasterize_fwd(const Tensor& means2d, const Tensor& conics, c
   dynamic_for<FwdScratch>(B * T, make_fwd, [&](int64_t bt, FwdScratch& sc) {
     float *Tp = sc.Tp.data(), *Cp = sc.Cp.data(), *w = sc.w.data();
     int *lastp = sc.lastp.data(), *done = sc.done.data();
-    switch (C) {
-      case 1: fwd_tile<1>(A, bt, Tp, Cp, lastp, done, w); break;
-      case 2: fwd_tile<2>(A, bt, Tp, Cp, lastp, done, w); break;
-      case 3: fwd_tile<3>(A, bt, Tp, Cp, lastp, done, w); break;
-      case 4: fwd_tile<4>(A, bt, Tp, Cp, lastp, done, w); break;
-      default: fwd_tile<0>(A, bt, Tp, Cp, lastp, done, w);
-    }
+    fwd_task(A, bt, Tp, Cp, lastp, done, w);
   });
   auto i32 = f32.dtype(at::kInt);
   Tensor t_offs = at::from_blob(offs.data(), {(int64_t)offs.size()}, i32).clone();
