@@ -41,7 +41,7 @@ def _fit(data_dir, run_dir, iters: int, extra: dict | None = None):
 
 
 @pytest.fixture(scope="module")
-def may_run(may_dataset, tmp_path_factory):
+def native_run(may_dataset, tmp_path_factory):
     _, info = may_dataset
     root = tmp_path_factory.mktemp("native_may")
     data = root / "data"
@@ -81,14 +81,14 @@ def _border_step(img: np.ndarray, box) -> float:
     return float(np.mean(steps))
 
 
-def test_native_render_is_source_size_sharp_and_seamless(may_run):
+def test_native_render_is_source_size_sharp_and_seamless(native_run):
     import cv2
 
     from avatar.core.dataset_format import load_dataset
     from avatar.engine import Avatar
     from avatar.evaluation.evaluate import HeldOutFrames
 
-    av = Avatar.load(may_run, device="cpu")
+    av = Avatar.load(native_run, device="cpu")
     info = load_dataset(av.dataset["root"])
     assert (av.source_width, av.source_height) == (512, 512) and av.width == 128  # trained at 128 px
     data = HeldOutFrames(info, av)
@@ -117,13 +117,13 @@ def test_native_render_is_source_size_sharp_and_seamless(may_run):
     assert np.mean(seam) <= 2 * np.mean(seam_gt), (np.mean(seam), np.mean(seam_gt))
 
 
-def test_eval_reports_native_and_training_resolution_figures(may_run):
+def test_eval_reports_native_and_training_resolution_figures(native_run):
     import json
 
     from avatar.cli import main
 
-    assert main(["eval", str(may_run), "--json", "--no-lmd", "--max-frames", "4"]) == 0
-    m = json.loads((may_run / "metrics.json").read_text())
+    assert main(["eval", str(native_run), "--json", "--no-lmd", "--max-frames", "4"]) == 0
+    m = json.loads((native_run / "metrics.json").read_text())
     for key in ("psnr_native_full", "psnr_native_head", "psnr_train_res", "ssim_native_full", "ssim_native_head",
                 "ssim_train_res"):
         assert np.isfinite(m[key]), key

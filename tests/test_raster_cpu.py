@@ -56,15 +56,20 @@ def test_random_scenes(n, W, H):
 
 
 def test_batched_cameras_channels_and_tiles():
-    """B = 3 cameras, C = 5 feature channels, principal point off-centre, tile sizes 8 and 16."""
+    """B = 3 cameras, C = 5 feature channels, principal point off-centre, tile sizes 8 and 16, and 5 and 12 (rows
+    that are not a whole number of the forward's 8-pixel lane groups); then C = 1..4 (the forward's fixed-channel
+    copies)."""
     gen = fresh_generator(7)
     W, H = 50, 34
     g = random_gaussians(150, gen, channels=5, z=0.0)
     vm = torch.stack([random_pose(gen) for _ in range(3)])
     K = torch.tensor([[40.0, 0, 20.0], [0, 44.0, 19.0], [0, 0, 1]]).repeat(3, 1, 1)
     bg = torch.rand(3, 5, generator=gen)
-    for ts in (8, 16):
+    for ts in (8, 16, 5, 12):
         compare(g, vm, K, W, H, background=bg, tile_size=ts, seed=ts)
+    for c in (1, 2, 3, 4):
+        gc = random_gaussians(150, fresh_generator(c), channels=c, z=0.0)
+        compare(gc, vm, K, W, H, background=bg[:, :c], tile_size=16, seed=c)
 
 
 def test_edge_cases():
