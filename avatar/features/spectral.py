@@ -65,8 +65,9 @@ def mel_energies(power: np.ndarray) -> np.ndarray:
     (OMP_NUM_THREADS, which Ray sets to 1 in every `avatar batch` worker), so the same audio gave features 1e-7
     apart, and frames 1 level apart, in a worker and in `avatar speak`. Each filter's band summed by numpy's own
     reduction is one fixed order everywhere, and touches only the ~2 % of the matrix that is non-zero."""
-    out = np.empty((power.shape[0], len(_filter_bands(2 * (power.shape[1] - 1)))), np.float32)
-    for m, (lo, hi, w) in enumerate(_filter_bands(2 * (power.shape[1] - 1))):
+    bands = _filter_bands(2 * (power.shape[1] - 1))
+    out = np.empty((power.shape[0], len(bands)), np.float32)
+    for m, (lo, hi, w) in enumerate(bands):
         out[:, m] = (power[:, lo:hi] * w).sum(1)
     return out
 

@@ -333,9 +333,10 @@ CE_INL_CPU void fwd_tile(const FwdArgs& A, int64_t bt, float* Tp, float* Cp, int
       const float py = (float)i + 0.5f;
       int ja = j0, jb = j1;
       if (!row_span(p, py, ja, jb)) continue;
-      const int a0 = (ja - tg.x_lo) / kLanes * kLanes, n = ((jb - tg.x_lo) / kLanes + 1) * kLanes - a0;
-      const int base = (i - tg.y_lo) * rs + a0;
-      remaining -= fwd_row(p, py, tg.x_lo + a0, ja, jb, n, Tp + base, done + base, w);
+      // whole lane groups from the one holding ja to the one holding jb (tile-relative)
+      const int g0 = (ja - tg.x_lo) / kLanes * kLanes, n = ((jb - tg.x_lo) / kLanes + 1) * kLanes - g0;
+      const int base = (i - tg.y_lo) * rs + g0;
+      remaining -= fwd_row(p, py, tg.x_lo + g0, ja, jb, n, Tp + base, done + base, w);
       for (int t = 0; t < n; t += kLanes) {
         const vf wt = vload(w + t);
         const vi lt = vload(lastp + base + t);
