@@ -91,13 +91,22 @@ def run_rasterize(g: dict, viewmats, Ks, width, height, backend: str, dtype, bac
 
 
 def assert_close_robust(actual: torch.Tensor, expected: torch.Tensor, name: str, rtol: float = 1e-3,
-                        atol_frac: float = 1e-4, max_bad_frac: float = 0.002, loose_frac: float = 0.05) -> None:
+                        atol_frac: float = 1e-4, max_bad_frac: float = 0.002, loose_frac: float = 0.05,
+                        same_precision: torch.Tensor | None = None) -> None:
     """Tight elementwise check, allowing a tiny fraction of threshold flips.
 
     float32 kernels and a float64 oracle can disagree on an alpha that sits exactly at 1/255 or a
     transmittance at 1e-4 (raster.md 8: percentile metric). Elements must satisfy
-    |a - e| <= atol + rtol |e| with atol = atol_frac * max|e|; at most max(2, max_bad_frac * numel)
-    may fail, and those must still be within loose_frac * max|e|. Everything must be finite.
+    |a - e| <= atol + rtol |e| with atol = atol_frac * max|e|; at most max(2, max_bad_frac * rows)
+    rows may fail, and those must still be within loose_frac * max|e|. Everything must be finite.
+    A row is everything along the last dimension (one Gaussian's gradient, one pixel's channels): one
+    flip moves all of it at once, e.g. the float32 driver and the float32 PyTorch twin agreeing to 1e-6
+    on a Gaussian's 4 quaternion components while the float64 twin, which kept one more edge pixel,
+    differs by 0.07 % of the largest value (CUDA_EXT_TEST_SEED=713908096, 200 Gaussians).
+    `same_precision` (the twin run in the kernel's own dtype) excuses rows that match it within the same
+    tolerance: a transmittance flip in a deep tile changes the gradient of every Gaussian in front of the
+    flipped pixel (29 of 2000 at CUDA_EXT_TEST_SEED=300935, where the driver matched the float32 twin in
+    every row). A kernel bug shows against both references, so it still fails.
     """
     a = actual.detach().double().cpu()
     e = expected.detach().double().cpu()
@@ -110,9 +119,13 @@ def assert_close_robust(actual: torch.Tensor, expected: torch.Tensor, name: str,
         return
     err = (a - e).abs()
     bad = err > atol_frac * scale + rtol * e.abs()
+    if same_precision is not None:
+        bad &= (a - same_precision.detach().double().cpu()).abs() > atol_frac * scale + rtol * e.abs()
+    if bad.dim() >= 2:
+        bad = bad.any(dim=-1)
     n_bad = int(bad.sum())
-    allowed = max(2, int(max_bad_frac * e.numel()))
+    allowed = max(2, int(max_bad_frac * bad.numel()))
     assert n_bad <= allowed, (
-        f"{name}: {n_bad}/{e.numel()} elements off (max err {err.max().item():.3g}, scale {scale:.3g})"
+        f"{name}: {n_bad}/{bad.numel()} rows off (max err {err.max().item():.3g}, scale {scale:.3g})"
     )
     assert err.max().item() <= loose_frac * scale, f"{name}: max err {err.max().item():.3g} vs scale {scale:.3g}"

@@ -3,7 +3,7 @@
 The kernel runs in float32; the twin runs in float64 on the same (float32-representable) inputs.
 Scenes are drawn fresh each run (seed in every failure message; CUDA_EXT_TEST_SEED replays).
 Comparisons use `assert_close_robust` (tight elementwise tolerance, a tiny budget for alpha/T
-threshold flips). Needs the built extension: conftest `require_ext()`.
+threshold flips; a row that matches the float32 twin is a precision flip, not a kernel error). Needs the built extension: conftest `require_ext()`.
 """
 
 from __future__ import annotations
@@ -38,10 +38,11 @@ KEYS = ["image", "alpha", "depth", "v_means2d", "v_means", "v_quats", "v_scales"
 def compare(g, vm, K, W, H, background=None, tile_size=16, seed=0, keys=KEYS, **tol):
     ours = run_rasterize(g, vm, K, W, H, "cpu", torch.float32, background, seed, tile_size)
     ref = run_rasterize(g, vm, K, W, H, "torch", F64, background, seed, tile_size)
+    ref32 = run_rasterize(g, vm, K, W, H, "torch", torch.float32, background, seed, tile_size)
     assert ours["radii"].dtype == torch.int32
     assert (ours["radii"] - ref["radii"]).abs().max() <= 1
     for k in keys + (["v_background"] if background is not None else []):
-        assert_close_robust(ours[k], ref[k], k, **tol)
+        assert_close_robust(ours[k], ref[k], k, same_precision=ref32[k], **tol)
     return ours, ref
 
 
