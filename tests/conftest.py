@@ -115,6 +115,47 @@ def may_run(may_dataset, tmp_path_factory) -> Path:
     return run
 
 
+
+@pytest.fixture(scope="session")
+def may_native_fit(may_dataset, tmp_path_factory) -> dict:
+    """The cpu preset as a user gets it (layered: head crop + body, 128 px training size, native-size output) fitted
+    to may_5s.mp4 for 400 steps, once per session (~3.5 min on 2 cores), on a copy of the dataset. Built step by step
+    so the tests can read how the fit went: {"run": run folder, "rigid_lip_px" / "lip_px": the motion field's mean
+    pixel error at the training frames' lip/jaw/eyelid landmarks with no motion / after the fit, "first" /
+    "after_one" / "last": the trainer's quick held-out evaluation before any step, after one, after the last}."""
+    import shutil
+    import warnings
+
+    import numpy as np
+    import torch
+
+    from avatar.core.config import apply_overrides
+    from avatar.train.presets import get_preset
+    from avatar.train.trainer import Trainer, landmark_motion_loss
+
+    warnings.filterwarnings("ignore", message=".*backend.*")
+    root = tmp_path_factory.mktemp("native_may")
+    shutil.copytree(may_dataset[1].root, root / "data")
+    cfg = apply_overrides(get_preset("cpu"), {"iters": "400", "eval_every": "0", "ckpt_every": "0",
+                                              "final_eval": "false", "time_limit_min": "0"})
+    tr = Trainer(cfg, root / "data", root / "run", progress=False)
+
+    def lip_px() -> float:
+        with torch.no_grad():
+            frames = np.asarray(tr.data.train_idx)
+            return landmark_motion_loss(tr.model, tr.data, frames, tr.lm_canon, tr.lm_mouth_canon, 0.3)[1]["landmark_px"]
+
+    out = {"rigid_lip_px": lip_px(), "first": tr.quick_eval(n=6)}
+    assert tr.train_step() is not None
+    out["after_one"] = tr.quick_eval(n=6)
+    while tr.step < cfg.iters:
+        assert tr.train_step() is not None
+    out["last"] = tr.quick_eval(n=6)
+    out["lip_px"] = lip_px()
+    tr.finish(evaluate=False)
+    out["run"] = root / "run"
+    return out
+
 # ---- synthetic videos for the preprocessing tests (written with PyAV into tmp dirs) ---------------
 
 CODE_BITS = 10

@@ -16,7 +16,6 @@ Each fit is short (a few hundred steps of the cpu preset), so these are floors, 
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 
 import numpy as np
@@ -25,9 +24,6 @@ import pytest
 from avatar.core.landmarks import LIPS_OUTER
 from conftest import shared_file
 from test_speak_support import talking_wav
-
-FIT_STEPS = 400
-
 
 def _fit(data_dir, run_dir, iters: int, extra: dict | None = None):
     from avatar.core.config import apply_overrides
@@ -41,12 +37,9 @@ def _fit(data_dir, run_dir, iters: int, extra: dict | None = None):
 
 
 @pytest.fixture(scope="module")
-def native_run(may_dataset, tmp_path_factory):
-    _, info = may_dataset
-    root = tmp_path_factory.mktemp("native_may")
-    data = root / "data"
-    shutil.copytree(info.root, data)
-    return _fit(data, root / "run", FIT_STEPS)
+def native_run(may_native_fit):
+    """The cpu preset's 400-step layered fit of may_5s (conftest `may_native_fit`, shared with test_fit_real)."""
+    return may_native_fit["run"]
 
 
 def _lapvar(rgb: np.ndarray) -> float:
