@@ -73,3 +73,85 @@ def test_mouth_cache_is_exact():
     with torch.no_grad():
         a, b = net(x, audio), net(x, audio)
     assert torch.equal(a, ref.detach()) and torch.equal(b, a) and len(calls) == 2
+
+
+def _avatar():
+    """A small AvatarModel with non-trivial random parameters, in front of an identity camera."""
+    from avatar.model.avatar_model import AvatarModel
+    from avatar.model.config import ModelConfig
+
+    torch.manual_seed(3)
+    m = AvatarModel(ModelConfig(layered=True), 6, {"head": 300, "mouth": 40, "torso": 80})
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            torch.nn.init.normal_(p, std=0.3)
+        for s in (m.head, m.mouth, m.torso):
+            s.params["means"].uniform_(-0.4, 0.4)
+            s.params["log_scales"].uniform_(-3.5, -2.5)
+        m.unit.fill_(0.5)
+        m.bound.fill_(0.6)
+        m.ref_viewmat.copy_(torch.eye(4))
+        m.ref_viewmat[2, 3] = 3.0
+        m.torso_center.copy_(torch.tensor([0.0, 0.3, 3.0]))
+    vm = torch.eye(4).repeat(2, 1, 1)
+    vm[:, 2, 3] = 3.0
+    vm[1, 0, 3] = 0.05
+    K = torch.tensor([[60.0, 0, 24], [0, 60.0, 20], [0, 0, 1]])
+    feats = torch.randn(2, m.audio.window, 6)
+    return m, (vm, feats, torch.rand(2), K, 48, 40)
+
+
+def _render(m, args, grad: bool):
+    from avatar.engine.composite import render_layers
+
+    with torch.set_grad_enabled(grad):
+        out = render_layers(m, *args, background=torch.tensor([0.2, 0.3, 0.4]), backend="torch")
+    return out["rgb"].detach(), out["boxes"]
+
+
+def test_model_static_terms_are_exact_and_follow_every_change():
+    """AvatarModel.static: per-Gaussian terms every frame shares (SH, opacities, scales, quaternions, the torso's
+    reference frame, the head box's points) memoised at inference: the frames equal the autograd path's bit for
+    bit, and stay equal after an in-place update (optimizer step), a buffer change and a densification-style
+    replacement of a set's parameters by new, larger tensors."""
+    m, args = _avatar()
+    truth, boxes = _render(m, args, grad=True)
+    assert float(truth.std()) > 0.01  # something is drawn
+    a, ba = _render(m, args, grad=False)
+    b, _ = _render(m, args, grad=False)
+    assert torch.equal(a, truth) and torch.equal(b, truth) and (ba == boxes).all()
+    assert m._static_memo  # the memo is in use
+
+    with torch.no_grad():
+        m.head.params["sh0"].add_(0.2)  # optimizer-style in-place step
+        m.torso.params["opacity_logits"].mul_(0.5)
+    stepped, _ = _render(m, args, grad=False)
+    assert not torch.equal(stepped, truth) and torch.equal(stepped, _render(m, args, grad=True)[0])
+
+    with torch.no_grad():
+        m.ref_viewmat[0, 3] = 0.1  # a buffer (the torso's reference pose)
+    moved, _ = _render(m, args, grad=False)
+    assert not torch.equal(moved, stepped) and torch.equal(moved, _render(m, args, grad=True)[0])
+
+    for name in list(m.head.params.keys()):  # densification: every parameter of a set replaced, 20 more points
+        p = m.head.params[name].data
+        m.head.params[name] = torch.nn.Parameter(torch.cat([p, p[:20]]))
+    with torch.no_grad():
+        m.head.params["means"][-20:] += 0.05
+    grown, _ = _render(m, args, grad=False)
+    assert not torch.equal(grown, moved) and torch.equal(grown, _render(m, args, grad=True)[0])
+
+
+def test_tail_quantile_is_torch_quantile_bit_for_bit():
+    """The head box's outer 0.2 % (avatar/engine/composite.py `tail_quantile`, a partial selection) equals
+    torch.quantile's linear interpolation exactly, ties and both tails included."""
+    from avatar.engine.composite import tail_quantile
+
+    for seed in range(60):
+        g = torch.Generator().manual_seed(seed)
+        n = int(torch.randint(2, 20000, (1,), generator=g))
+        x = torch.randn(2, n, 2, generator=g) * 300
+        if seed % 3 == 0:
+            x = x.round()  # many ties
+        for q in (0.002, 0.998, 0.0, 1.0, 0.3):
+            assert torch.equal(tail_quantile(x, q), x.quantile(q, dim=1)), (seed, n, q)

@@ -45,27 +45,49 @@ FEATHER = 0.06
 """Width of the feather rim, as a share of the crop's short side (at least 2 output pixels)."""
 
 
+def tail_quantile(x: torch.Tensor, q: float) -> torch.Tensor:
+    """`x.quantile(q, dim=1)` bit for bit (linear interpolation, the rank q (n - 1) computed in x's dtype as torch
+    does), for a q near 0 or 1: only the few order statistics it needs are found (`topk`) instead of sorting all
+    n values. For the head box of 13k Gaussians: 0.08 ms instead of 2.4 ms, twice a frame."""
+    n = x.shape[1]
+    ranks = torch.tensor(q, dtype=x.dtype) * (n - 1)
+    lo, hi = int(ranks.long()), int(ranks.ceil().long())
+    if q <= 0.5:
+        v = torch.topk(x, hi + 1, dim=1, largest=False, sorted=True).values  # ascending
+        a, b = v[:, lo], v[:, hi]
+    else:
+        v = torch.topk(x, n - lo, dim=1, largest=True, sorted=True).values  # descending
+        a, b = v[:, n - 1 - lo], v[:, n - 1 - hi]
+    return a.lerp(b, (ranks - lo).to(x.device))
+
+
+def _box_points(model) -> tuple[torch.Tensor, torch.Tensor]:
+    """The head + mouth Gaussians a head box is drawn around ([N, 3] canonical means of those visible
+    enough) and a typical 3-sigma extent (the median: a few huge faint Gaussians must not blow the box up)."""
+    pts = torch.cat([model.head.params["means"], model.mouth.params["means"]]).detach()  # [N, 3] head frame
+    op = torch.cat([model.head.opacities, model.mouth.opacities]).detach()
+    ext = 3 * torch.exp(torch.cat([model.head.params["log_scales"], model.mouth.params["log_scales"]])).max(-1).values
+    keep = op > 0.05
+    if int(keep.sum()) >= 8:
+        pts, ext = pts[keep], ext[keep].detach()
+    return pts, ext.median()
+
+
 def head_boxes(model, viewmats: torch.Tensor, K: torch.Tensor, cameras: torch.Tensor | None,
                width: int, height: int) -> np.ndarray:
     """[B, 4] integer boxes (x0, y0, x1, y1) in output pixels around the projected head + mouth Gaussians
     (canonical positions, each with its 3-sigma extent; the audio motion is a few % of the face), padded by
     HEAD_PAD; may extend past the frame (the crop is then pasted where it overlaps)."""
     with torch.no_grad():
-        pts = torch.cat([model.head.params["means"], model.mouth.params["means"]]).detach()  # [N, 3] head frame
-        op = torch.cat([model.head.opacities, model.mouth.opacities]).detach()
-        ext = 3 * torch.exp(torch.cat([model.head.params["log_scales"], model.mouth.params["log_scales"]])).max(-1).values
-        keep = op > 0.05
-        if int(keep.sum()) >= 8:
-            pts, ext = pts[keep], ext[keep].detach()
-        ext = ext.median()  # a typical 3-sigma extent: a few huge faint Gaussians must not blow the box up
+        pts, ext = model.static("head_box_points", lambda: _box_points(model))
         V = viewmats if cameras is None else cameras @ viewmats  # [B, 4, 4]
         x = pts[None] @ V[:, :3, :3].transpose(1, 2) + V[:, None, :3, 3]  # [B, N, 3]
         z = x[..., 2:3].clamp_min(1e-6)
         uv = x[..., :2] / z * torch.stack([K[0, 0], K[1, 1]]) + torch.stack([K[0, 2], K[1, 2]])  # [B, N, 2]
         r = (ext / z * K[0, 0]).clamp(max=0.1 * max(width, height))  # [B, N, 1] typical 3-sigma radius, px
         q = 0.002 if uv.shape[1] >= 500 else 0.0  # the outermost 0.2 % of centres: stray Gaussians, not the head
-        lo = (uv - r).quantile(q, dim=1) if q else (uv - r).min(1).values  # [B, 2]
-        hi = (uv + r).quantile(1 - q, dim=1) if q else (uv + r).max(1).values
+        lo = tail_quantile(uv - r, q) if q else (uv - r).min(1).values  # [B, 2]
+        hi = tail_quantile(uv + r, 1 - q) if q else (uv + r).max(1).values
     lo, hi = lo.cpu().double().numpy(), hi.cpu().double().numpy()
     size = (hi - lo).max(1, keepdims=True)  # square-ish pad from the larger side
     pad = HEAD_PAD * size + 2.0
@@ -159,10 +181,9 @@ def render_layers(model, viewmats: torch.Tensor, feats: torch.Tensor | None, bli
         if fx1 > fx0 and fy1 > fy0:
             h = head[fy0 - y0:fy1 - y0, fx0 - x0:fx1 - x0]
             r, a = _over(h[..., :3], h[..., 3:], rgb_i[fy0:fy1, fx0:fx1], a_i[fy0:fy1, fx0:fx1])
-            keep = _outside(height, width, fx0, fy0, fx1, fy1, dev)
-            pad = (fx0, width - fx1, fy0, height - fy1)
-            rgb_i = F.pad(r.permute(2, 0, 1), pad).permute(1, 2, 0) + rgb_i * keep
-            a_i = F.pad(a.permute(2, 0, 1), pad).permute(1, 2, 0) + a_i * keep
+            rgb_i, a_i = rgb_i.clone(), a_i.clone()  # the body layer stays as rendered (autograd: CopySlices)
+            rgb_i[fy0:fy1, fx0:fx1] = r
+            a_i[fy0:fy1, fx0:fx1] = a
         rgbs.append(rgb_i)
         alphas.append(a_i)
     rgb, alpha = torch.stack(rgbs), torch.stack(alphas)
@@ -172,9 +193,3 @@ def render_layers(model, viewmats: torch.Tensor, feats: torch.Tensor | None, bli
     return {"rgb": rgb, "alpha": alpha, "boxes": boxes, "passes": passes, "head_sizes": sizes,
             "deform": deform, "means2d": [], "radii": [], "counts": (0, 0, 0)}
 
-
-def _outside(h: int, w: int, x0: int, y0: int, x1: int, y1: int, device) -> torch.Tensor:
-    """[h, w, 1] 1 outside the rectangle, 0 inside (keeps the paste free of in-place autograd edits)."""
-    m = torch.ones(h, w, 1, device=device)
-    m[y0:y1, x0:x1] = 0
-    return m

@@ -235,7 +235,17 @@ class Avatar:
 
     def plate_image(self, K: torch.Tensor, width: int, height: int) -> torch.Tensor:
         """[height, width, 3] the plate seen by intrinsics K (same camera pose): the stored plate mapped by the
-        affine change of intrinsics (a plain resize when K is the training K scaled), edge pixels repeated."""
+        affine change of intrinsics (a plain resize when K is the training K scaled), edge pixels repeated.
+        The last result is kept (every frame of a render asks for the same one); treat it as read-only."""
+        key = (tuple(float(v) for v in torch.as_tensor(K).reshape(-1).tolist()), int(width), int(height))
+        memo = getattr(self, "_plate_memo", None)
+        if memo is not None and memo[0] is self.plate and memo[1] == key:
+            return memo[2]
+        img = self._plate_image(K, width, height)
+        self._plate_memo = (self.plate, key, img)
+        return img
+
+    def _plate_image(self, K: torch.Tensor, width: int, height: int) -> torch.Tensor:
         plate = self.plate
         ph, pw = plate.shape[:2]
         Kp = self.source_K.clone()
