@@ -155,3 +155,17 @@ def test_tail_quantile_is_torch_quantile_bit_for_bit():
             x = x.round()  # many ties
         for q in (0.002, 0.998, 0.0, 1.0, 0.3):
             assert torch.equal(tail_quantile(x, q), x.quantile(q, dim=1)), (seed, n, q)
+
+
+def test_model_static_terms_under_inference_mode():
+    """The viewer renders under torch.inference_mode(), whose tensors have no version counter: frames still equal
+    the autograd path's, first and repeated, and a later no-grad render is unaffected."""
+    from avatar.engine.composite import render_layers
+
+    m, args = _avatar()
+    truth, _ = _render(m, args, grad=True)
+    for _ in range(2):
+        with torch.inference_mode():
+            out = render_layers(m, *args, background=torch.tensor([0.2, 0.3, 0.4]), backend="torch")
+        assert torch.equal(out["rgb"], truth)
+    assert torch.equal(_render(m, args, grad=False)[0], truth)

@@ -47,10 +47,13 @@ class _InferenceCache:
             m = stack.pop()
             ts.extend(t for t in (*m._parameters.values(), *m._buffers.values()) if t is not None)
             stack.extend(m._modules.values())
-        return tuple(ts), tuple(t._version for t in ts)
+        return tuple(ts), tuple(_version(t) for t in ts)
 
-    def _valid(self, module: nn.Module) -> tuple[bool, tuple]:
+    def _valid(self, module: nn.Module) -> tuple[bool, tuple | None]:
+        """(memo usable, key to store); key None: a parameter without a version counter, never memoised."""
         ts, vs = self._tensors(module)
+        if None in vs:
+            return False, None
         e = self.entry
         ok = e is not None and e[1] == vs and len(e[0]) == len(ts) and all(a is b for a, b in zip(e[0], ts))
         return ok, (ts, vs)
@@ -61,11 +64,12 @@ class _InferenceCache:
         ok, key = self._valid(module)
         if ok:
             cx, seen = self.entry[2]
-            if (seen[0] is x and seen[1] == x._version) or (
+            if (seen[0] is x and seen[1] is not None and seen[1] == _version(x)) or (
                     cx.shape == x.shape and cx.dtype == x.dtype and cx.device == x.device and torch.equal(cx, x)):
                 return self.entry[3]
         value = compute(x)
-        self.entry = (*key, (x.detach().clone(), (x, x._version)), value)
+        if key is not None:
+            self.entry = (*key, (x.detach().clone(), (x, _version(x))), value)
         return value
 
     def get_static(self, module: nn.Module, compute):
@@ -76,8 +80,15 @@ class _InferenceCache:
         if ok:
             return self.entry[3]
         value = compute()
-        self.entry = (*key, None, value)
+        if key is not None:
+            self.entry = (*key, None, value)
         return value
+
+
+def _version(t: torch.Tensor) -> int | None:
+    """The tensor's version counter, or None for a tensor made under `torch.inference_mode()` (it has none; the
+    viewer renders in inference mode)."""
+    return None if t.is_inference() else t._version
 
 
 def mlp(dims: list[int], bias: bool = True, last_zero: bool = False) -> nn.Sequential:
