@@ -115,7 +115,6 @@ def may_run(may_dataset, tmp_path_factory) -> Path:
     return run
 
 
-
 @pytest.fixture(scope="session")
 def may_native_fit(may_dataset, tmp_path_factory) -> dict:
     """The cpu preset as a user gets it (layered: head crop + body, 128 px training size, native-size output) fitted
@@ -155,6 +154,7 @@ def may_native_fit(may_dataset, tmp_path_factory) -> dict:
     tr.finish(evaluate=False)
     out["run"] = root / "run"
     return out
+
 
 # ---- synthetic videos for the preprocessing tests (written with PyAV into tmp dirs) ---------------
 

@@ -25,6 +25,7 @@ from avatar.core.landmarks import LIPS_OUTER
 from conftest import shared_file
 from test_speak_support import talking_wav
 
+
 def _fit(data_dir, run_dir, iters: int, extra: dict | None = None):
     from avatar.core.config import apply_overrides
     from avatar.train.presets import get_preset

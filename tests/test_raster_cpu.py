@@ -3,7 +3,8 @@
 The kernel runs in float32; the twin runs in float64 on the same (float32-representable) inputs.
 Scenes are drawn fresh each run (seed in every failure message; CUDA_EXT_TEST_SEED replays).
 Comparisons use `assert_close_robust` (tight elementwise tolerance, a tiny budget for alpha/T
-threshold flips; a row that matches the float32 twin is a precision flip, not a kernel error). Needs the built extension: conftest `require_ext()`.
+threshold flips; a row that matches the float32 twin is a precision flip, not a kernel error).
+Needs the built extension: conftest `require_ext()`.
 """
 
 from __future__ import annotations

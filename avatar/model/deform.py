@@ -29,11 +29,11 @@ class _InferenceCache:
     The canonical positions do not change between frames, so at inference (autograd off) the tri-plane
     hash lookup and the attention MLPs give the same [N, ...] tensors for every frame; recomputing them
     was ~25 % of a streamed frame's compute at 128 px. The memo is used only while autograd is off and
-    only when the positions are equal (the same tensor at the same version, else torch.equal) and no parameter or
-    buffer changed: the same tensor
-    objects (densification replaces them; the memo holds them, so a new one cannot take an old one's
-    place) at the same version counters (an optimizer step or load_state_dict bumps them). So results
-    are bit for bit those of the uncached computation. Training never uses it."""
+    only when the positions are equal (the same tensor at the same version, else torch.equal) and no
+    parameter or buffer changed: the same tensor objects (densification replaces them; the memo holds
+    them, so a new one cannot take an old one's place) at the same version counters (an optimizer step
+    or load_state_dict bumps them). So results are bit for bit those of the uncached computation.
+    Training never uses it."""
 
     def __init__(self):
         self.entry: tuple | None = None  # (tensors, versions, (positions, (object, version)), value), one object
