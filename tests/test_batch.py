@@ -253,6 +253,24 @@ def test_bad_inputs_fail_alone(ray_local, tiny_run, clips, tmp_path):
         assert (out / r["name"]).exists() == (r["status"] == "done")
 
 
+def test_longest_jobs_are_sent_first(tmp_path):
+    """Each avatar's jobs go out longest audio first (LPT). For 3, 9, 3, 5, 7 s on 2 workers, given order ends at 16 s
+    (the 7 s clip starts at 9 s, alone at the end), longest first at 15 s. Equal lengths keep the order they were
+    given in; the avatars' queues stay apart."""
+    from avatar.batch.jobs import SpeakJob
+    from avatar.batch.speak import _Scheduler, _Slot
+
+    lengths = {"a": 3.0, "b": 9.0, "c": 3.0, "d": 5.0, "e": 7.0, "x": 1.0, "y": 4.0}
+    jobs = [SpeakJob(n, "runA" if n < "x" else "runB", f"{n}.wav", str(tmp_path / f"{n}.mp4"), {}) for n in lengths]
+    sched = _Scheduler(tmp_path, [(j, None, "k", lengths[j.name]) for j in jobs], {}, 2, None)
+    slot = _Slot(actor=None, pid=0, run="runA")
+    order = [sched._pick(slot).name for _ in range(5)]
+    assert order == ["b", "e", "d", "a", "c"]
+    slot.run = "runB"
+    assert [sched._pick(slot).name for _ in range(2)] == ["y", "x"]
+    assert sched._pick(slot) is None
+
+
 def test_options_map_to_speak_config():
     """Manifest keys in either spelling reach the same SpeakConfig fields; bad values are one-line errors."""
     from avatar.batch import speak_config

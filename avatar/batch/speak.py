@@ -102,8 +102,8 @@ class _Slot:
     t_dispatch: float = 0.0
 
 
-def check_job(job: SpeakJob) -> tuple[Any, str]:
-    """Driver-side checks before dispatch: (SpeakConfig, key) or a one-line AvatarError."""
+def check_job(job: SpeakJob) -> tuple[Any, str, float]:
+    """Driver-side checks before dispatch: (SpeakConfig, key, audio seconds) or a one-line AvatarError."""
     from avatar.core.audio import probe_audio
 
     if job.error:
@@ -118,7 +118,7 @@ def check_job(job: SpeakJob) -> tuple[Any, str]:
         raise AvatarError(f"{job.audio}: audio is {info.duration:.1f} s, longer than the limit of {job.max_duration:.0f} s; "
                           f"set allow_long to render it anyway")
     cfg = speak_config(job.options)
-    return cfg, job_key(job, cfg)
+    return cfg, job_key(job, cfg), float(info.duration)
 
 
 def _row(job: SpeakJob, status: str, **kw) -> dict[str, Any]:
@@ -140,10 +140,10 @@ def run_speak_batch(jobs: list[SpeakJob], outdir: str | os.PathLike, *, workers:
     outdir.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     rows: dict[str, dict[str, Any]] = {}
-    todo: list[tuple[SpeakJob, Any, str]] = []
+    todo: list[tuple[SpeakJob, Any, str, float]] = []
     for job in jobs:
         try:
-            cfg, key = check_job(job)
+            cfg, key, seconds = check_job(job)
         except AvatarError as e:
             rows[job.name] = _row(job, "failed", reason=str(e))
             continue
@@ -151,7 +151,7 @@ def run_speak_batch(jobs: list[SpeakJob], outdir: str | os.PathLike, *, workers:
         if meta is not None:
             rows[job.name] = _row(job, "skipped", reason="output complete", frames=meta["frames"])
         else:
-            todo.append((job, cfg, key))
+            todo.append((job, cfg, key, seconds))
     sched = _Scheduler(outdir, todo, rows, max_retries, on_dispatch)
     info = None
     try:
@@ -183,17 +183,22 @@ def _default_workers(cpus: float, gpus: float, gpus_per_job: float) -> int:
 
 
 class _Scheduler:
-    """The driver loop: keep every worker busy, route jobs by avatar, retry jobs of dead workers."""
+    """The driver loop: keep every worker busy, route jobs by avatar, retry jobs of dead workers.
 
-    def __init__(self, outdir: Path, todo: list[tuple[SpeakJob, Any, str]], rows: dict, max_retries: int,
+    Each avatar's jobs are sent longest audio first (LPT, Graham 1969, "Bounds on multiprocessing timing
+    anomalies"): the short jobs fill in at the end, so the batch does not finish with one worker rendering a long
+    clip while the others idle. The full bench (20 clips of 5-15 s, 2 workers, given order) spent 43 s of its 441 s
+    outside its workers' busy time, start-up and that tail together."""
+
+    def __init__(self, outdir: Path, todo: list[tuple[SpeakJob, Any, str, float]], rows: dict, max_retries: int,
                  on_dispatch: Callable[[str, int], None] | None):
         self.outdir = outdir
         self.rows = rows
         self.max_retries = max_retries
         self.on_dispatch = on_dispatch
-        self.keys = {job.name: key for job, _, key in todo}
+        self.keys = {job.name: key for job, _, key, _ in todo}
         self.queues: collections.OrderedDict[str, collections.deque[SpeakJob]] = collections.OrderedDict()
-        for job, _, _ in todo:
+        for job, _, _, _ in sorted(todo, key=lambda t: -t[3]):  # stable: equal lengths keep their order
             self.queues.setdefault(job.run, collections.deque()).append(job)
         self.attempts: dict[str, int] = collections.Counter()
         self.slots: list[_Slot] = []
