@@ -59,14 +59,24 @@ def render_grads(g, vm, K, W, H, backend, dtype, loss="sum", seed=0):
     return {k: v.detach().double() for k, v in res.items()}
 
 
-def check_rows(actual, expected, name, rtol=RTOL, atol_frac=ATOL_FRAC):
-    """Every element: |a - e| <= rtol |e| + atol_frac * max|e| over its own row (one Gaussian's group)."""
+def check_rows(actual, expected, name, rtol=RTOL, atol_frac=ATOL_FRAC, same_precision=None):
+    """Every element: |a - e| <= rtol |e| + atol_frac * max|e| over its own row (one Gaussian's group).
+
+    `same_precision` (the PyTorch twin's float32 result): an element outside that bound passes if the kernel is no
+    further from float64 than float32 arithmetic of the same formulas gets, in at most max(1, 0.5 %) of the rows.
+    A needle whose projected conic is nearly singular (det 0.0022 against entries ~1, CUDA_EXT_TEST_SEED=1723359566,
+    row 17) loses ~2 % on its short-axis scale gradients in float32: the kernel 2.3 %, the float32 twin 4.3 %."""
     a = actual.reshape(-1, actual.shape[-1]).double()
     e = expected.reshape(-1, expected.shape[-1]).double()
     assert torch.isfinite(a).all(), f"{name}: non-finite kernel values"
     row_scale = e.abs().amax(-1, keepdim=True)
     err = (a - e).abs()
     bad = err > rtol * e.abs() + atol_frac * row_scale
+    if same_precision is not None and bad.any():
+        f32 = (same_precision.reshape(-1, expected.shape[-1]).double() - e).abs()
+        excused = bad & (err <= f32)
+        if int(excused.any(-1).sum()) <= max(1, int(0.005 * a.shape[0])):
+            bad = bad & ~excused
     if bad.any():
         i = int(bad.any(-1).nonzero()[0])
         rel = (err / e.abs().clamp_min(1e-30))[i]
@@ -150,8 +160,10 @@ def test_projection_backward_needles_per_gaussian():
     means, quats, scales = _needle_batch(400, gen)
     p32 = [t.clone().requires_grad_() for t in (means, quats, scales)]
     p64 = [t.double().requires_grad_() for t in (means, quats, scales)]
+    t32 = [t.clone().requires_grad_() for t in (means, quats, scales)]
     ours = cuda_ext.project_gaussians(*p32, vm, K, W, H, backend="cpu")
     ref = cuda_ext.project_gaussians(*p64, vm.double(), K.double(), W, H, backend="torch")
+    twin = cuda_ext.project_gaussians(*t32, vm, K, W, H, backend="torch")
     vis = (ours.radii > 0).all(-1) & (ref.radii > 0).all(-1)
     assert vis.float().mean() > 0.5
     # cotangents (float64, built from the reference conic)
@@ -165,9 +177,9 @@ def test_projection_backward_needles_per_gaussian():
                            (w * d[..., 1] ** 2).sum(1) / 2], -1)[None]
     v_m2 = torch.randn(1, 400, 2, generator=gen, dtype=F64) * 0.1
     v_dep = torch.randn(1, 400, generator=gen, dtype=F64)
-    for proj, dt in ((ours, torch.float32), (ref, F64)):
+    for proj, dt in ((ours, torch.float32), (ref, F64), (twin, torch.float32)):
         ((proj.conics * v_conic.to(dt)).sum() + (proj.means2d * v_m2.to(dt)).sum()
          + (proj.depths * v_dep.to(dt)).sum()).backward()
     keep = vis[0]
-    for name, a, b in zip(("v_means", "v_quats", "v_scales"), p32, p64):
-        check_rows(a.grad[keep], b.grad[keep], name)
+    for name, a, b, c in zip(("v_means", "v_quats", "v_scales"), p32, p64, t32):
+        check_rows(a.grad[keep], b.grad[keep], name, same_precision=c.grad[keep])
