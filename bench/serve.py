@@ -241,6 +241,7 @@ def main() -> None:
     ap.add_argument("--concurrency-s", type=float, default=20.0)
     ap.add_argument("--cycles", type=int, default=50)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--size", default=None, help="output size as `avatar serve --size` (default: the server's default)")
     a = ap.parse_args()
 
     from avatar.engine import SpeakConfig
@@ -249,7 +250,7 @@ def main() -> None:
 
     run = Path(a.run) if a.run else fixture_run(a.out)
     srv = ServerThread(AvatarServer([run], ServeConfig(port=0, max_load=1e9, max_sessions=64, device=a.device),
-                                    SpeakConfig(), log=lambda m: print(m, file=sys.stderr)))
+                                    SpeakConfig(size=a.size), log=lambda m: print(m, file=sys.stderr)))
     url = srv.start()
     w = next(iter(srv.server.workers.values()))
     pcm = _speech16()

@@ -310,3 +310,30 @@ def taken_windows(monkeypatch) -> list:
 
     monkeypatch.setattr(FrameEngine, "take", spy)
     return taken
+
+
+def max_gap_while(fn) -> tuple[float, float]:
+    """(longest pause of a Python thread that only reads the clock, duration) while `fn()` runs in this
+    thread: a call that holds the GIL pauses that thread for its whole length."""
+    import threading
+    import time
+
+    import numpy as np
+
+    stamps, stop = [], threading.Event()
+
+    def tick():
+        while not stop.is_set():
+            stamps.append(time.perf_counter())
+
+    th = threading.Thread(target=tick)
+    th.start()
+    time.sleep(0.05)
+    t0 = time.perf_counter()
+    fn()
+    t1 = time.perf_counter()
+    stop.set()
+    th.join()
+    s = np.array([t0] + [x for x in stamps if t0 <= x <= t1] + [t1])
+    return float(np.diff(s).max()), t1 - t0
+

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from avatar.errors import AvatarError
-from conftest import shared_file
+from conftest import max_gap_while, shared_file
 import avatar.features as af
 from avatar.core.audio import SAMPLE_RATE, load_audio
 from avatar.features import phonetic
@@ -314,3 +314,35 @@ def test_import_bad_files(tmp_path):
     np.save(tmp_path / "nan.npy", bad)
     with pytest.raises(AvatarError, match="NaN"):
         af.import_npy(tmp_path / "nan.npy", 10, 25.0)
+
+
+def test_phones_in_a_helper_process_equal_in_process_and_free_the_gil():
+    """`avatar serve` decodes phones in a helper process: the classes are exactly an in-process decode's
+    (real speech windows of several lengths, silence, a window too short for one frame), and while it
+    decodes another Python thread runs (pocketsphinx itself holds the GIL for a whole decode)."""
+    wav = load_audio(shared_file("audio/geneface_zozo.wav"), sr=SR)
+    wins = [wav[int(a * SR):int((a + d) * SR)] for a, d in ((0.0, 1.28), (2.3, 0.28), (4.0, 3.0), (7.1, 1.0))]
+    wins += [np.zeros(SR, np.float32), wav[:300]]
+    ref = [phonetic._decode_phones(x) for x in wins]
+    assert sum(len(r) for r in ref) > 500 and len(set(np.concatenate(ref).tolist())) > 5  # real phones
+    long = wav[: 6 * SR]
+    gap_in, dur_in = max_gap_while(lambda: phonetic._decode_phones(long))
+    with phonetic.phones_in_helper_process() as proc:
+        got = [phonetic._decode_phones(x) for x in wins]
+        gap_out, dur_out = max_gap_while(lambda: phonetic._decode_phones(long))
+        assert proc.alive
+    assert not proc.alive  # closed on leaving
+    for r, g in zip(ref, got):
+        np.testing.assert_array_equal(g, r)
+    assert gap_in > 0.3 * dur_in, (gap_in, dur_in)  # in process, the other thread waits for the decode
+    assert gap_out < 0.2 * gap_in and gap_out < 0.25 * dur_out, (gap_out, dur_out, gap_in)
+
+
+def test_a_dead_helper_process_falls_back_to_in_process():
+    x = load_audio(shared_file("audio/geneface_zozo.wav"), sr=SR)[: 2 * SR]
+    ref = phonetic._decode_phones(x)
+    with phonetic.phones_in_helper_process() as proc:
+        proc._p.kill()
+        proc._p.wait()
+        np.testing.assert_array_equal(phonetic._decode_phones(x), ref)
+        np.testing.assert_array_equal(phonetic._decode_phones(x), ref)

@@ -14,7 +14,7 @@ import torch
 
 import cuda_ext
 from cuda_ext import _backend
-from conftest import require_ext
+from conftest import max_gap_while, require_ext
 from test_raster_common import (
     assert_close_robust,
     camera,
@@ -259,3 +259,17 @@ def test_gradients_fit_a_target_image():
         losses.append(loss.item())
     assert all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < 0.3 * losses[0], (losses[0], losses[-1])
+
+
+def test_the_kernels_let_other_python_threads_run():
+    """The compiled ops release the GIL while they compute (a server's event loop thread encodes and sends
+    WebRTC frames while a frame is rasterized): a thread that only reads the clock never pauses for a whole
+    kernel call, which here lasts hundreds of milliseconds."""
+    gen = fresh_generator(5)
+    W = H = 384
+    vm, K = camera(W, H, f=0.9 * W)
+    g = random_gaussians(20000, gen, channels=3)
+    run_rasterize(g, vm, K, W, H, "cpu", torch.float32)  # warm-up
+    gap, dur = max_gap_while(lambda: run_rasterize(g, vm, K, W, H, "cpu", torch.float32))
+    assert dur > 0.1  # forward + backward of 20k Gaussians at 384x384: long enough to see a held GIL
+    assert gap < 0.25 * dur, f"another thread paused {1000 * gap:.0f} ms during a {1000 * dur:.0f} ms call"

@@ -11,6 +11,7 @@ rather than who says it.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 from typing import Any
@@ -87,19 +88,31 @@ def _phone_decoder():
 def _decode_phones(wav: np.ndarray, decoder=None) -> np.ndarray:
     """Viseme class per pocketsphinx 10 ms frame ([F] int64) for one utterance; never raises.
 
-    `decoder`: a specific pocketsphinx decoder (default: this thread's reused one, reset first)."""
-    n_frames = max(0, (len(wav) - int(PSPHINX_WLEN * SAMPLE_RATE)) // HOP + 1)
+    `decoder`: a specific pocketsphinx decoder (default: this thread's reused one, reset first; or this
+    thread's helper process inside `phones_in_helper_process`)."""
+    pcm = (np.clip(wav, -1.0, 1.0) * 32767.0).astype(np.int16)
+    helper = getattr(_DECODER_CACHE, "helper", None)
+    if decoder is None and helper is not None and len(pcm) >= int(PSPHINX_WLEN * SAMPLE_RATE):
+        try:
+            return helper.decode(pcm)
+        except (OSError, EOFError, ValueError):  # the process is gone: decode here from now on
+            _DECODER_CACHE.helper = None
+    return _decode_pcm16(pcm, decoder)
+
+
+def _decode_pcm16(pcm: np.ndarray, decoder=None) -> np.ndarray:
+    """`_decode_phones` of int16 samples, in this process."""
+    n_frames = max(0, (len(pcm) - int(PSPHINX_WLEN * SAMPLE_RATE)) // HOP + 1)
     out = np.zeros(n_frames, np.int64)
     if n_frames == 0:
         return out
-    pcm = (np.clip(wav, -1.0, 1.0) * 32767.0).astype(np.int16)
     cached = decoder is None
     dec = _phone_decoder() if cached else decoder
     try:
         if cached:
             dec.reinit_feat()  # fresh front end + CMN: the result does not depend on earlier utterances
         dec.start_utt()
-        dec.process_raw(pcm.tobytes(), no_search=False, full_utt=True)
+        dec.process_raw(np.ascontiguousarray(pcm, np.int16).tobytes(), no_search=False, full_utt=True)
         dec.end_utt()
         segs = [(s.word, s.start_frame, s.end_frame) for s in (dec.seg() or ())]
     except Exception:  # pocketsphinx errors on degenerate input: treat as silence
@@ -112,6 +125,24 @@ def _decode_phones(wav: np.ndarray, decoder=None) -> np.ndarray:
         if b >= a:
             out[a:b + 1] = cls
     return out
+
+
+@contextlib.contextmanager
+def phones_in_helper_process():
+    """Inside, this thread's phone decoding runs in a helper process (`avatar.features.phone_process`), so it
+    does not hold the GIL: `avatar serve`'s render thread uses it so that the event loop thread (WebRTC
+    encoding and sending) runs while phones are decoded. Same classes as in-process; if the process dies,
+    decoding falls back to this process."""
+    from avatar.features.phone_process import PhoneProcess
+
+    proc = PhoneProcess()
+    prev = getattr(_DECODER_CACHE, "helper", None)
+    _DECODER_CACHE.helper = proc
+    try:
+        yield proc
+    finally:
+        _DECODER_CACHE.helper = prev
+        proc.close()
 
 
 def _phones_chunked(wav: np.ndarray, chunk_s: float | None) -> tuple[np.ndarray, np.ndarray]:

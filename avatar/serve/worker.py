@@ -12,6 +12,11 @@ at the measured cost of one frame; the others are dropped (counted). Frames of a
 are not rendered. After an interrupt, the already rendered frames after the cut are rendered again with the
 silence window first (`Session.take_rerender`).
 
+The worker's phone decoding (the default extractor's pocketsphinx) runs in a helper process
+(`avatar.features.phonetic.phones_in_helper_process`): pocketsphinx holds the GIL for a whole decode (~65 ms
+per 5-frame segment on 2 cores), which stopped the event loop thread that encodes and sends every session's
+frames and audio. The compiled raster kernels release the GIL themselves.
+
 Admission control reads `demand_s`: the compute one talking session needs per second of real time (feature
 extraction of one second of speech + fps x one frame's render), measured at start-up (`calibrate`) and kept
 up to date from the live timings. Scaling out: the worker is the unit that would move to its own process
@@ -158,6 +163,16 @@ class AvatarWorker(threading.Thread):
         self._halt.set()
 
     def run(self) -> None:
+        import contextlib
+
+        from avatar.features.phonetic import phones_in_helper_process
+
+        # pocketsphinx holds the GIL while it decodes: out of process, the event loop keeps sending meanwhile
+        phonetic = self.avatar.feature_meta.get("extractor") == "phonetic+spectral"
+        with phones_in_helper_process() if phonetic else contextlib.nullcontext():
+            self._loop()
+
+    def _loop(self) -> None:
         while not self._halt.is_set():
             with self._lock:
                 sessions = list(self.sessions)

@@ -289,10 +289,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #else
   m.attr("WITH_CUDA") = false;
 #endif
-  m.def("project_fwd", &project_fwd);
-  m.def("project_bwd", &project_bwd);
-  m.def("rasterize_fwd", &rasterize_fwd);
-  m.def("rasterize_bwd", &rasterize_bwd);
-  m.def("sh_fwd", &sh_fwd);
-  m.def("sh_bwd", &sh_bwd);
+  // The kernels touch only tensors, so they run without the GIL: a server's event loop thread (aiortc
+  // encoding and sending, avatar/serve) and other Python threads go on while a frame is rasterized,
+  // as they do during torch's own ops. Arguments are converted before, results after, with the GIL held.
+  using release = py::call_guard<py::gil_scoped_release>;
+  m.def("project_fwd", &project_fwd, release());
+  m.def("project_bwd", &project_bwd, release());
+  m.def("rasterize_fwd", &rasterize_fwd, release());
+  m.def("rasterize_bwd", &rasterize_bwd, release());
+  m.def("sh_fwd", &sh_fwd, release());
+  m.def("sh_bwd", &sh_bwd, release());
 }

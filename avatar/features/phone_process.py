@@ -1,0 +1,98 @@
+"""Phone decoding in a helper process, so that a server's threads are not stopped by it.
+
+pocketsphinx holds Python's GIL for the whole of a decode (measured: a thread decoding 3 s of audio five times
+and a thread running a Python loop together took as long as the two one after the other, at 1.0 CPU). In
+`avatar serve` the render thread decodes one ~1.3 s window per 5 frames (~65 ms on the 2-core CI machine),
+and every such decode stopped the event loop thread that encodes and sends the WebRTC frames and audio.
+Here the decode runs in a child process (`python -m avatar.features.phone_process`); the calling thread only
+writes the samples to a pipe and waits for the answer, which releases the GIL.
+
+The child decodes with the same `avatar.features.phonetic._decode_pcm16` (reset decoder, the same pocketsphinx
+build and model), so its classes equal an in-process decode's exactly (tests/test_audio_features.py).
+
+Protocol on the child's stdin/stdout: a request is a little-endian uint32 sample count and that many int16
+samples (16 kHz mono); the answer is a uint32 frame count and that many uint8 viseme classes. The child ends
+when its stdin closes, i.e. at the latest when the parent process goes away.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import sys
+import threading
+
+import numpy as np
+
+_U32 = struct.Struct("<I")
+
+
+def _read_exact(f, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = f.read(n - len(buf))
+        if not chunk:
+            raise EOFError("the phone decoder process closed its pipe")
+        buf += chunk
+    return bytes(buf)
+
+
+class PhoneProcess:
+    """One helper process that decodes phones for one thread at a time (`decode`). Not thread safe: one per
+    thread (`avatar.features.phonetic.decode_in_helper_process`)."""
+
+    def __init__(self):
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        self._p = subprocess.Popen([sys.executable, "-m", "avatar.features.phone_process"], stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, bufsize=0)
+        self._lock = threading.Lock()
+
+    @property
+    def alive(self) -> bool:
+        return self._p.poll() is None
+
+    def decode(self, pcm16: np.ndarray) -> np.ndarray:
+        """Viseme class per 10 ms frame ([F] int64) of int16 samples, as `_decode_phones` gives them.
+        Raises OSError/EOFError if the process is gone."""
+        x = np.ascontiguousarray(pcm16, "<i2")
+        with self._lock:
+            self._p.stdin.write(_U32.pack(x.size) + x.tobytes())
+            (n,) = _U32.unpack(_read_exact(self._p.stdout, 4))
+            return np.frombuffer(_read_exact(self._p.stdout, n), np.uint8).astype(np.int64)
+
+    def close(self) -> None:
+        try:
+            self._p.stdin.close()
+        except OSError:
+            pass
+        try:
+            self._p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._p.kill()
+            self._p.wait()
+        self._p.stdout.close()
+
+
+def _serve(stdin, stdout) -> None:
+    from avatar.features.phonetic import _decode_pcm16, _phone_decoder
+
+    _phone_decoder()  # build it (0.1-0.4 s) while the parent has nothing to decode yet
+    while True:
+        head = stdin.read(4)
+        if len(head) < 4:
+            return
+        (n,) = _U32.unpack(head)
+        pcm = np.frombuffer(_read_exact(stdin, 2 * n), "<i2")
+        cls = _decode_pcm16(pcm).astype(np.uint8)
+        stdout.write(_U32.pack(cls.size) + cls.tobytes())
+        stdout.flush()
+
+
+if __name__ == "__main__":
+    answers = os.fdopen(os.dup(1), "wb", buffering=0)  # the protocol's own copy of stdout ...
+    os.dup2(2, 1)  # ... so that anything a library prints cannot corrupt it
+    try:
+        _serve(sys.stdin.buffer, answers)
+    except (EOFError, BrokenPipeError, KeyboardInterrupt):
+        pass
