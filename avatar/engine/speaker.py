@@ -166,28 +166,26 @@ class Speaker:
         return list(zip(b.index, self.render(b.windows, b.viewmats, b.blinks, cams)))
 
     def run(self, chunks: Iterable[np.ndarray], streaming: bool, batch: int, record: bool = False) -> Iterator[SpokenFrame]:
-        """Frames for 16 kHz chunks: the loop behind `frames`, `stream` and `render_file`."""
+        """Frames for 16 kHz chunks: the loop behind `frames`, `stream` and `render_file`.
+
+        Streaming runs the engine (audio in, features, gate, motion) in a second thread that hands finished
+        batches to this one through a short queue, so the next segment's features are computed while this
+        thread renders; with the default extractor its phone decoding runs in a helper process
+        (`phones_in_helper_process`), which holds no GIL. The frames are the same as computed one after the
+        other: the engine's results do not depend on when they are taken."""
         eng = self.engine = self.new_engine(streaming, record)
         lat: list[float] = []
         t_start = time.perf_counter()
-        for chunk in chunks:
-            t0 = time.perf_counter()
-            eng.push(chunk)
-            while True:
-                n = eng.ready_count()
-                if n <= 0 or (not streaming and n < batch):
-                    break
-                for k, img in self._render_batch(eng.take(min(n, batch))):
+        batches = self._pipelined(eng, chunks, batch) if streaming else self._sequential(eng, chunks, batch)
+        try:
+            for tail, b, t0 in batches:
+                for k, img in self._render_batch(b):
                     dt = time.perf_counter() - t0
-                    lat.append(dt)
+                    if not tail:
+                        lat.append(dt)
                     yield SpokenFrame(k, img, k / self.fps, dt)
-        eng.end()
-        if eng.num_frames == 0:
-            raise AvatarError("the audio is shorter than one video frame; nothing to render")
-        t0 = time.perf_counter()
-        while (n := eng.ready_count()) > 0:
-            for k, img in self._render_batch(eng.take(min(n, batch))):
-                yield SpokenFrame(k, img, k / self.fps, time.perf_counter() - t0)
+        finally:
+            batches.close()  # a consumer that stops early stops the engine thread now
         self.last_record = eng.record
         self.last_stats = {
             "frames": eng.emitted, "speech_frames": eng.speech_frames, "seconds": time.perf_counter() - t_start,
@@ -197,6 +195,74 @@ class Speaker:
         }
         if eng.speech_frames == 0 and self.cfg.vad != "off":
             print("avatar: warning: no speech detected in the audio; the mouth stays closed", file=sys.stderr)
+
+    @staticmethod
+    def _sequential(eng: FrameEngine, chunks: Iterable[np.ndarray], batch: int, streaming: bool = False
+                    ) -> Iterator[tuple[bool, FrameBatch, float]]:
+        """(after the end of the audio?, batch, time its completing chunk was pushed) as the engine finishes
+        them; offline, only full batches until the audio ends."""
+        for chunk in chunks:
+            t0 = time.perf_counter()
+            eng.push(chunk)
+            while True:
+                n = eng.ready_count()
+                if n <= 0 or (not streaming and n < batch):
+                    break
+                yield False, eng.take(min(n, batch)), t0
+        eng.end()
+        if eng.num_frames == 0:
+            raise AvatarError("the audio is shorter than one video frame; nothing to render")
+        t0 = time.perf_counter()
+        while (n := eng.ready_count()) > 0:
+            yield True, eng.take(min(n, batch)), t0
+
+    def _pipelined(self, eng: FrameEngine, chunks: Iterable[np.ndarray], batch: int
+                   ) -> Iterator[tuple[bool, FrameBatch, float]]:
+        """`_sequential(streaming=True)` run in a producer thread, at most 2 batches ahead of the renderer
+        (one queued, one being made).
+        Its errors (bad audio, a failing reader) are raised here; closing this generator stops the thread."""
+        import contextlib
+        import queue
+        import threading
+
+        from avatar.features.phonetic import phones_in_helper_process
+
+        q: queue.Queue = queue.Queue(maxsize=1)
+        stop = threading.Event()
+        phonetic = (getattr(self.avatar, "feature_meta", None) or {}).get("extractor") == "phonetic+spectral"
+
+        def put(item) -> bool:
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def produce() -> None:
+            try:
+                with phones_in_helper_process() if phonetic else contextlib.nullcontext():
+                    for item in self._sequential(eng, chunks, batch, streaming=True):
+                        if not put(("batch", item)):
+                            return
+                put(("end", None))
+            except BaseException as e:  # noqa: BLE001 - handed to the consumer, which raises it
+                put(("error", e))
+
+        th = threading.Thread(target=produce, name="avatar-engine", daemon=True)
+        th.start()
+        try:
+            while True:
+                kind, item = q.get()
+                if kind == "end":
+                    return
+                if kind == "error":
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            th.join(timeout=2.0)  # (a thread blocked reading its audio, e.g. stdin, is a daemon: left behind)
 
     def frames(self, wav16k: np.ndarray, record: bool = False) -> Iterator[SpokenFrame]:
         """Offline: all frames for a 16 kHz mono signal (long feature segments, batched rendering)."""

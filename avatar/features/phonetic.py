@@ -133,16 +133,16 @@ def phones_in_helper_process():
     does not hold the GIL: `avatar serve`'s render thread uses it so that the event loop thread (WebRTC
     encoding and sending) runs while phones are decoded. Same classes as in-process; if the process dies,
     decoding falls back to this process."""
-    from avatar.features.phone_process import PhoneProcess
+    from avatar.features import phone_process
 
-    proc = PhoneProcess()
+    proc = phone_process.acquire()
     prev = getattr(_DECODER_CACHE, "helper", None)
     _DECODER_CACHE.helper = proc
     try:
         yield proc
     finally:
         _DECODER_CACHE.helper = prev
-        proc.close()
+        phone_process.release(proc)
 
 
 def _phones_chunked(wav: np.ndarray, chunk_s: float | None) -> tuple[np.ndarray, np.ndarray]:
