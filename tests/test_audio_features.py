@@ -11,7 +11,7 @@ from avatar.errors import AvatarError
 from conftest import max_gap_while, shared_file
 import avatar.features as af
 from avatar.core.audio import SAMPLE_RATE, load_audio
-from avatar.features import phonetic
+from avatar.features import phone_process, phonetic
 
 SR = SAMPLE_RATE
 SPEECH = ["ip_lap_audio2.wav", "dreamtalk_french1.wav", "sadtalker_japanese.wav", "sadtalker_chinese_news.wav",
@@ -327,11 +327,11 @@ def test_phones_in_a_helper_process_equal_in_process_and_free_the_gil():
     assert sum(len(r) for r in ref) > 500 and len(set(np.concatenate(ref).tolist())) > 5  # real phones
     long = wav[: 6 * SR]
     gap_in, dur_in = max_gap_while(lambda: phonetic._decode_phones(long))
-    with phonetic.phones_in_helper_process() as proc:
+    with phone_process.phones_in_helper_process() as proc:
         got = [phonetic._decode_phones(x) for x in wins]
         gap_out, dur_out = max_gap_while(lambda: phonetic._decode_phones(long))
         assert proc.alive
-    with phonetic.phones_in_helper_process() as again:
+    with phone_process.phones_in_helper_process() as again:
         assert again is proc  # kept for the next user
     for r, g in zip(ref, got):
         np.testing.assert_array_equal(g, r)
@@ -342,7 +342,7 @@ def test_phones_in_a_helper_process_equal_in_process_and_free_the_gil():
 def test_a_dead_helper_process_falls_back_to_in_process():
     x = load_audio(shared_file("audio/geneface_zozo.wav"), sr=SR)[: 2 * SR]
     ref = phonetic._decode_phones(x)
-    with phonetic.phones_in_helper_process() as proc:
+    with phone_process.phones_in_helper_process() as proc:
         proc._p.kill()
         proc._p.wait()
         np.testing.assert_array_equal(phonetic._decode_phones(x), ref)

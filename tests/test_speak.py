@@ -427,3 +427,27 @@ def test_silence_uses_a_real_closed_mouth_training_window(tiny_run):
     # and renders a mouth no more open than the median training window
     assert st.level_db[match[0]] <= np.median(st.level_db)
     assert gap[match[0]] <= np.median(gap) + 1e-7
+
+
+def test_streaming_engine_thread_stops_with_its_consumer_and_hands_over_errors(avatar):
+    """Streaming computes features in a second thread: a consumer that stops early stops it, and the engine's
+    one-line errors (NaN samples) reach the consumer as they did before."""
+    import threading
+
+    from avatar.engine import SpeakConfig, Speaker
+    from avatar.errors import AvatarError
+
+    def engine_threads() -> int:
+        return sum(t.name == "avatar-engine" and t.is_alive() for t in threading.enumerate())
+
+    sp = Speaker(avatar, SpeakConfig(vad="off"))
+    gen = sp.stream(np.array_split(talking_wav(4.0), 100))
+    assert [next(gen).index for _ in range(3)] == [0, 1, 2]
+    assert engine_threads() == 1
+    gen.close()
+    assert engine_threads() == 0
+    bad = talking_wav(1.0)
+    bad[9000] = np.nan
+    with pytest.raises(AvatarError, match="NaN"):
+        list(sp.stream([bad[:4000], bad[4000:]]))
+    assert engine_threads() == 0

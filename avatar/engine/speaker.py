@@ -55,6 +55,10 @@ class SpokenFrame:
     time_s: float
     latency_s: float = 0.0
     """Wall time from the arrival of the audio chunk that completed this frame's inputs to the frame being ready."""
+    audio_in_s: float | None = None
+    """Seconds of audio the engine had received when this frame's inputs became final (None: only once the
+    audio had ended). Minus `time_s`, the look-ahead the frame waited for: at most `Speaker.delay_s()` plus the
+    chunk that completed it."""
 
 
 class Speaker:
@@ -178,12 +182,12 @@ class Speaker:
         t_start = time.perf_counter()
         batches = self._pipelined(eng, chunks, batch) if streaming else self._sequential(eng, chunks, batch)
         try:
-            for tail, b, t0 in batches:
+            for b, t0, audio_in in batches:
                 for k, img in self._render_batch(b):
                     dt = time.perf_counter() - t0
-                    if not tail:
+                    if audio_in is not None:
                         lat.append(dt)
-                    yield SpokenFrame(k, img, k / self.fps, dt)
+                    yield SpokenFrame(k, img, k / self.fps, dt, audio_in)
         finally:
             batches.close()  # a consumer that stops early stops the engine thread now
         self.last_record = eng.record
@@ -198,9 +202,9 @@ class Speaker:
 
     @staticmethod
     def _sequential(eng: FrameEngine, chunks: Iterable[np.ndarray], batch: int, streaming: bool = False
-                    ) -> Iterator[tuple[bool, FrameBatch, float]]:
-        """(after the end of the audio?, batch, time its completing chunk was pushed) as the engine finishes
-        them; offline, only full batches until the audio ends."""
+                     ) -> Iterator[tuple[FrameBatch, float, float | None]]:
+        """(batch, time its completing chunk was pushed, seconds of audio received then: None after the end of
+        the audio) as the engine finishes them; offline, only full batches until the audio ends."""
         for chunk in chunks:
             t0 = time.perf_counter()
             eng.push(chunk)
@@ -208,16 +212,16 @@ class Speaker:
                 n = eng.ready_count()
                 if n <= 0 or (not streaming and n < batch):
                     break
-                yield False, eng.take(min(n, batch)), t0
+                yield eng.take(min(n, batch)), t0, eng.samples_pushed / SR
         eng.end()
         if eng.num_frames == 0:
             raise AvatarError("the audio is shorter than one video frame; nothing to render")
         t0 = time.perf_counter()
         while (n := eng.ready_count()) > 0:
-            yield True, eng.take(min(n, batch)), t0
+            yield eng.take(min(n, batch)), t0, None
 
     def _pipelined(self, eng: FrameEngine, chunks: Iterable[np.ndarray], batch: int
-                   ) -> Iterator[tuple[bool, FrameBatch, float]]:
+                   ) -> Iterator[tuple[FrameBatch, float, float | None]]:
         """`_sequential(streaming=True)` run in a producer thread, at most 2 batches ahead of the renderer
         (one queued, one being made).
         Its errors (bad audio, a failing reader) are raised here; closing this generator stops the thread."""
@@ -225,7 +229,7 @@ class Speaker:
         import queue
         import threading
 
-        from avatar.features.phonetic import phones_in_helper_process
+        from avatar.features.phone_process import phones_in_helper_process
 
         q: queue.Queue = queue.Queue(maxsize=1)
         stop = threading.Event()

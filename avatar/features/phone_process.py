@@ -19,6 +19,7 @@ user (`acquire` / `release`: a helper starts in ~0.1 s plus the decoder's 0.1-0.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import struct
 import subprocess
@@ -42,7 +43,7 @@ def _read_exact(f, n: int) -> bytes:
 
 class PhoneProcess:
     """One helper process that decodes phones for one thread at a time (`decode`). Not thread safe: one per
-    thread (`avatar.features.phonetic.decode_in_helper_process`)."""
+    thread (`phones_in_helper_process`)."""
 
     def __init__(self):
         env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -107,6 +108,24 @@ def _close_idle() -> None:
         _IDLE.clear()
     for p in idle:
         p.close()
+
+
+@contextlib.contextmanager
+def phones_in_helper_process():
+    """Inside, this thread's phone decoding (`avatar.features.phonetic._decode_phones`) runs in a helper
+    process, so it does not hold the GIL: `avatar serve`'s engine thread and `Speaker.run`'s streaming thread use
+    it so that rendering and the server's event loop go on while phones are decoded. Same classes as in
+    process; if the process dies, decoding falls back to this process."""
+    from avatar.features.phonetic import _DECODER_CACHE
+
+    proc = acquire()
+    prev = getattr(_DECODER_CACHE, "helper", None)
+    _DECODER_CACHE.helper = proc
+    try:
+        yield proc
+    finally:
+        _DECODER_CACHE.helper = prev
+        release(proc)
 
 
 def _serve(stdin, stdout) -> None:

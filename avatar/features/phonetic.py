@@ -11,7 +11,6 @@ rather than who says it.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import threading
 from typing import Any
@@ -89,7 +88,7 @@ def _decode_phones(wav: np.ndarray, decoder=None) -> np.ndarray:
     """Viseme class per pocketsphinx 10 ms frame ([F] int64) for one utterance; never raises.
 
     `decoder`: a specific pocketsphinx decoder (default: this thread's reused one, reset first; or this
-    thread's helper process inside `phones_in_helper_process`)."""
+    thread's helper process inside `avatar.features.phone_process.phones_in_helper_process`)."""
     pcm = (np.clip(wav, -1.0, 1.0) * 32767.0).astype(np.int16)
     helper = getattr(_DECODER_CACHE, "helper", None)
     if decoder is None and helper is not None and len(pcm) >= int(PSPHINX_WLEN * SAMPLE_RATE):
@@ -125,24 +124,6 @@ def _decode_pcm16(pcm: np.ndarray, decoder=None) -> np.ndarray:
         if b >= a:
             out[a:b + 1] = cls
     return out
-
-
-@contextlib.contextmanager
-def phones_in_helper_process():
-    """Inside, this thread's phone decoding runs in a helper process (`avatar.features.phone_process`), so it
-    does not hold the GIL: `avatar serve`'s render thread uses it so that the event loop thread (WebRTC
-    encoding and sending) runs while phones are decoded. Same classes as in-process; if the process dies,
-    decoding falls back to this process."""
-    from avatar.features import phone_process
-
-    proc = phone_process.acquire()
-    prev = getattr(_DECODER_CACHE, "helper", None)
-    _DECODER_CACHE.helper = proc
-    try:
-        yield proc
-    finally:
-        _DECODER_CACHE.helper = prev
-        phone_process.release(proc)
 
 
 def _phones_chunked(wav: np.ndarray, chunk_s: float | None) -> tuple[np.ndarray, np.ndarray]:

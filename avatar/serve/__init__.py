@@ -8,7 +8,7 @@ where frames go (WebRTC tracks), and keeps many sessions apart and real time.
     config.py    ServeConfig (its field docstrings are `avatar serve --help`)
     audio.py     uploads / PCM16 chunks / microphone frames -> the 48 kHz timeline; 48 -> 16 kHz for the engine
     session.py   Session: the one clock (timeline sample count), queues, interrupt, metrics
-    worker.py    AvatarWorker: one render thread per loaded avatar, shared by its sessions
+    worker.py    AvatarWorker: an engine and a render thread per loaded avatar, shared by its sessions
     tracks.py    the WebRTC audio and video tracks (aiortc), timed by the session clock
     server.py    AvatarServer: HTTP API (aiohttp), admission control, token, signalling; ServerThread
     static/      the bundled page (index.html, app.js, style.css)

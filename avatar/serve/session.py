@@ -40,7 +40,8 @@ silence; the play-out margin (`ServeConfig.buffer_ms`) must cover it."""
 
 
 class Session:
-    """State shared by the HTTP handlers (asyncio thread), the worker (render thread) and the WebRTC tracks."""
+    """State shared by the HTTP handlers (asyncio thread), the worker (engine and render threads) and the WebRTC
+    tracks."""
 
     def __init__(self, avatar_name: str, fps: float, delay_s: float, look_frames: int, ahead_s: float,
                  size: tuple[int, int], stamp: bool = False, now: float | None = None):
@@ -67,7 +68,8 @@ class Session:
         self.mute_from = 0
         self.mute_until = 0
         self._rerender = False
-        self.unsent: dict[int, tuple] = {}  # k -> (viewmat, blink, camera, arrival, speech): worker thread only
+        self.unsent: dict[int, tuple] = {}  # k -> (window, viewmat, blink, camera, arrival, speech), under _lock
+        self.pending: collections.deque[tuple[list[int], int]] = collections.deque()  # (frames, epoch) to render
         self.consumer = False  # a video track is attached (frames are rendered only then)
         self.connected_at: float | None = None
         self.closed = False
@@ -171,6 +173,38 @@ class Session:
         self.head += x48.shape[0]
         return self._dec.push(x48)
 
+    def add_frames(self, b, arrival: float | None, silent_window: np.ndarray) -> None:
+        """Frame inputs the engine made final (`FrameBatch` b; the worker's engine thread) for the render thread.
+        Muted frames get the silence window. Decided under the lock that `interrupt` takes, with the epoch read
+        there: a batch stored before an interrupt is in `unsent` for its re-render, one stored after is muted."""
+        with self._lock:
+            epoch = self.epoch
+            for i, k in enumerate(b.index):
+                if self.muted(k):
+                    b.windows[i] = silent_window
+                    b.speech[i] = 0.0
+                cam = None if b.cameras is None else b.cameras[i]
+                self.unsent[k] = (b.windows[i], b.viewmats[i], b.blinks[i], cam, arrival, float(b.speech[i]))
+            self.pending.append((list(b.index), epoch))
+
+    def next_pending(self) -> tuple[list[int], int] | None:
+        """(frames, epoch) of the oldest batch not rendered yet (render thread), less the frames that an
+        interrupt since then cut (its re-render renders those, silent)."""
+        with self._lock:
+            while self.pending:
+                ks, epoch = self.pending.popleft()
+                if epoch < self.epoch:
+                    ks = [k for k in ks if k < self.mute_from]
+                if ks:
+                    return ks, epoch
+        return None
+
+    def set_silent(self, k: int, item: tuple, window: np.ndarray) -> None:
+        """Frame k's inputs with the silence window (an interrupt's re-render)."""
+        with self._lock:
+            if k in self.unsent:
+                self.unsent[k] = (window,) + tuple(item[1:5]) + (0.0,)
+
     def take_rerender(self) -> list[int]:
         """Frames to render again after an interrupt (worker thread)."""
         with self._lock:
@@ -183,8 +217,10 @@ class Session:
         return self.mute_from <= k < self.mute_until
 
     def forget_before(self, k: int) -> None:
-        for j in [j for j in self.unsent if j < k]:
-            del self.unsent[j]
+        """Drop the inputs of frames whose play time has passed."""
+        with self._lock:
+            for j in [j for j in self.unsent if j < k]:
+                del self.unsent[j]
 
     # -- audio out (the WebRTC audio track, asyncio thread) ---------------------------------------------
     def read_audio(self, s: int, n: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""`AvatarWorker`: one thread per loaded avatar that runs every session of that avatar through the engine.
+"""`AvatarWorker`: the threads of one loaded avatar that run every session of that avatar through the engine.
 
 One model per avatar, shared by all its sessions: the worker owns the `Avatar` (avatar/engine/runtime.py) and
 the only thread that renders with it. Each session has its own `Speaker` (same config, its own seed) and its
@@ -6,14 +6,16 @@ own streaming `FrameEngine` (`Speaker.new_engine(streaming=True)`: features, sil
 track) — the same engine `avatar speak --stream` runs, so a served avatar moves and closes its mouth exactly
 like a rendered file; nothing here maps audio to frames itself.
 
-Loop: for every session, commit due audio (`Session.pump`), push it into the session's engine, take the
-frames that became final, and render those that can still be ready by their play time (`Session.play_time`)
-at the measured cost of one frame; the others are dropped (counted). Frames of a session nobody watches yet
-are not rendered. After an interrupt, the already rendered frames after the cut are rendered again with the
-silence window first (`Session.take_rerender`).
+Two threads, so that features and rendering overlap (as `Speaker.run` streams): the engine thread commits every
+session's due audio (`Session.pump`), pushes it into the session's engine and hands the frames that became final
+to the render thread (`Session.add_frames`); the render thread renders them (`Session.next_pending`, one batch
+per session per pass) if they can still be ready by their play time (`Session.play_time`) at the measured cost
+of one frame; the others are dropped (counted). Frames of a session nobody watches yet are not rendered. After
+an interrupt, the frames after the cut are rendered again with the silence window first
+(`Session.take_rerender`).
 
 The worker's phone decoding (the default extractor's pocketsphinx) runs in a helper process
-(`avatar.features.phonetic.phones_in_helper_process`): pocketsphinx holds the GIL for a whole decode (~65 ms
+(`avatar.features.phone_process.phones_in_helper_process`): pocketsphinx holds the GIL for a whole decode (~65 ms
 per 5-frame segment on 2 cores), which stopped the event loop thread that encodes and sends every session's
 frames and audio. The compiled raster kernels release the GIL themselves.
 
@@ -87,6 +89,7 @@ class AvatarWorker(threading.Thread):
         self._halt = threading.Event()
         self._seq = 0
         self._in_interrupts = False
+        self._ready = threading.Event()  # the engine thread made frames ready
         self.busy_s = 0.0
 
     # -- sessions ------------------------------------------------------------------------------------
@@ -114,7 +117,9 @@ class AvatarWorker(threading.Thread):
                 self.sessions.remove(s)
         s.engine = None
         s.speaker = None
-        s.unsent.clear()
+        with s._lock:
+            s.unsent.clear()
+            s.pending.clear()
 
     @property
     def demand_s(self) -> float:
@@ -163,30 +168,63 @@ class AvatarWorker(threading.Thread):
         self._halt.set()
 
     def run(self) -> None:
+        """The render thread; it starts the engine thread (`_engine_loop`) and stops it on the way out."""
+        feeder = threading.Thread(target=self._engine_loop, name=f"{self.name}-engine", daemon=True)
+        feeder.start()
+        try:
+            self._render_loop()
+        finally:
+            self._halt.set()
+            feeder.join(timeout=5.0)
+
+    def _engine_loop(self) -> None:
+        """Audio -> frame inputs for every session (`_feed`), in its own thread so that the next segment's
+        features are computed while this worker renders (as `Speaker.run` streams)."""
         import contextlib
 
-        from avatar.features.phonetic import phones_in_helper_process
+        from avatar.features.phone_process import phones_in_helper_process
 
-        # pocketsphinx holds the GIL while it decodes: out of process, the event loop keeps sending meanwhile
+        # pocketsphinx holds the GIL while it decodes: out of process, the event loop and the render thread
+        # keep going meanwhile
         phonetic = self.avatar.feature_meta.get("extractor") == "phonetic+spectral"
         with phones_in_helper_process() if phonetic else contextlib.nullcontext():
-            self._loop()
+            while not self._halt.is_set():
+                with self._lock:
+                    sessions = list(self.sessions)
+                for s in sessions:
+                    if s.closed or s.engine is None:
+                        continue
+                    try:
+                        self._feed(s)
+                    except Exception as e:  # noqa: BLE001 - one session's failure must not stop the others
+                        s.error = f"{type(e).__name__}: {e}"
+                        s.closed = True
+                self._halt.wait(0.005)
 
-    def _loop(self) -> None:
+    def _render_loop(self) -> None:
+        """Render what the engine thread made ready: interrupts first, then one batch per session per pass."""
         while not self._halt.is_set():
             with self._lock:
                 sessions = list(self.sessions)
             t0 = time.perf_counter()
+            did = False
+            self._interrupts()
             for s in sessions:
-                if s.closed or s.engine is None:
+                if s.closed:
                     continue
+                item = s.next_pending()
+                if item is None:
+                    continue
+                did = True
                 try:
-                    self._step(s)
-                except Exception as e:  # noqa: BLE001 - one session's failure must not stop the others
+                    self._render_frames(s, *item, silent=False)
+                except Exception as e:  # noqa: BLE001
                     s.error = f"{type(e).__name__}: {e}"
                     s.closed = True
             self.busy_s += time.perf_counter() - t0
-            self._halt.wait(0.005)
+            if not did:
+                self._ready.wait(0.005)
+                self._ready.clear()
 
     def _interrupts(self) -> None:
         """Re-render the frames cut by an interrupt, in any session, before anything else (barge-in latency)."""
@@ -199,14 +237,14 @@ class AvatarWorker(threading.Thread):
             for s in sessions:
                 redo = s.take_rerender() if not s.closed else []
                 if redo:
-                    self._render_frames(s, redo, True, s.epoch)
+                    self._render_frames(s, redo, s.epoch, silent=True)
         finally:
             self._in_interrupts = False
 
-    def _step(self, s: Session) -> None:
+    def _feed(self, s: Session) -> None:
+        """Commit the session's due audio into its engine and hand the frames that became final to the render
+        thread (`Session.add_frames`)."""
         eng = s.engine
-        epoch = s.epoch  # read before the frames' windows are decided: a later interrupt makes them stale
-        self._interrupts()
         for x16, arrival in s.pump(time.monotonic()):
             t0 = time.perf_counter()
             eng.push(x16)
@@ -216,17 +254,11 @@ class AvatarWorker(threading.Thread):
                 self.feature_s += _EWMA * (dt / max(x16.size / SAMPLE_RATE, 1e-3) - self.feature_s)
             if n <= 0:
                 continue
-            b = eng.take(n)
-            for i, k in enumerate(b.index):
-                if s.muted(k):
-                    b.windows[i] = self.silent_window
-                    b.speech[i] = 0.0
-                cam = None if b.cameras is None else b.cameras[i]
-                s.unsent[k] = (b.windows[i], b.viewmats[i], b.blinks[i], cam, arrival, float(b.speech[i]))
-            self._render_frames(s, list(b.index), False, epoch)
+            s.add_frames(eng.take(n), arrival, self.silent_window)
+            self._ready.set()
         s.forget_before(int(np.floor((time.monotonic() - s.t0 - s.delay_s) * s.fps)))
 
-    def _render_frames(self, s: Session, ks: list[int], silent: bool, epoch: int) -> None:
+    def _render_frames(self, s: Session, ks: list[int], epoch: int, silent: bool) -> None:
         for k in ks:
             item = s.unsent.get(k)
             if item is None:
@@ -234,11 +266,13 @@ class AvatarWorker(threading.Thread):
             win, vm, blink, cam, arrival, speech = item
             if silent:
                 win, speech = self.silent_window, 0.0
-                s.unsent[k] = (win, vm, blink, cam, arrival, speech)
+                s.set_silent(k, item, win)
             if not s.consumer:
                 continue  # nobody watching yet
             if not silent:
                 self._interrupts()
+                if epoch < s.epoch and k >= s.mute_from:
+                    continue  # an interrupt just cut it: its re-render sent it silent
             if time.monotonic() + self.render_s > s.play_time(k):
                 s.frames_dropped += 1  # it could not be ready by its play time
                 continue
