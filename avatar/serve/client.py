@@ -103,10 +103,15 @@ class ServeClient:
         return await self._ok("POST", f"/api/sessions/{sid}/interrupt")
 
     async def close(self, sid: str) -> dict:
-        pc = self.pcs.pop(sid, None)
-        if pc is not None:
-            await pc.close()
-        return await self._ok("DELETE", f"/api/sessions/{sid}")
+        """Close the session on the server, then this side's connection. In that order: a connection closed
+        first makes the server close the session by itself (DTLS close_notify), and the DELETE then raced it
+        to a 404 (seen in bench/serve.py's interrupt phase)."""
+        try:
+            return await self._ok("DELETE", f"/api/sessions/{sid}")
+        finally:
+            pc = self.pcs.pop(sid, None)
+            if pc is not None:
+                await pc.close()
 
     async def connect(self, sid: str) -> Received:
         """Offer a receive-only audio + video connection and start collecting what arrives."""
