@@ -2,6 +2,7 @@
 
     python bench/serve.py                          the real-data fixture run (bench/_common.py), defaults below
     python bench/serve.py --run runs/NAME --minutes 5 --max-sessions 4
+    python bench/serve.py --server-process         the server as its own `avatar serve` process (as in use)
 
 Bounded in count and time; stops by itself. A Python aiortc client (avatar/serve/client.py) plays the browser:
 
@@ -41,8 +42,8 @@ AUDIO = SHARED_DATA / "audio" / "dreamtalk_french1.wav"
 RX_AUDIO_PREFETCH_MS = 80.0  # aiortc JitterBuffer(capacity=16, prefetch=4) x 20 ms packets
 
 
-def _rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
+def _rss_mb(pid: int | str = "self") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
@@ -206,7 +207,7 @@ async def concurrency(url: str, pcm: np.ndarray, max_n: int, seconds: float) -> 
     return {"sessions_real_time": ok, "min_fps_by_sessions": rates}
 
 
-async def memory(url: str, pcm: np.ndarray, cycles: int) -> dict:
+async def memory(url: str, pcm: np.ndarray, cycles: int, pid: int | str = "self") -> dict:
     import gc
 
     from avatar.serve.client import ServeClient
@@ -222,15 +223,58 @@ async def memory(url: str, pcm: np.ndarray, cycles: int) -> dict:
         for _ in range(3):  # warm-up: allocator pools, codec contexts
             await one()
         gc.collect()
-        before = _rss_mb()
+        before = _rss_mb(pid)
         for _ in range(cycles):
             await one()
         await asyncio.sleep(1.0)
         gc.collect()
-        after = _rss_mb()
+        after = _rss_mb(pid)
         n = (await c.status())["sessions"]
     return {"rss_before_mb": round(before, 1), "rss_after_mb": round(after, 1), "rss_growth_mb": round(after - before, 1),
             "cycles": cycles, "sessions_left": n}
+
+
+async def _get(url: str, path: str) -> dict:
+    from avatar.serve.client import ServeClient
+
+    async with ServeClient(url) as c:
+        return await c._ok("GET", path)
+
+
+def _start_server_process(run: Path, a):
+    """`avatar serve RUN` on a free loopback port in its own process -> (process, url)."""
+    import socket
+    import subprocess
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "avatar.cli", "serve", str(run), "--host", "127.0.0.1", "--port", str(port),
+           "--max-load", "1e9", "--max-sessions", "64", "--device", a.device]
+    if a.size:
+        cmd += ["--size", a.size]
+    if a.buffer_ms is not None:
+        cmd += ["--buffer-ms", str(a.buffer_ms)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    t0 = time.monotonic()
+    for line in proc.stdout:
+        if "open http" in line:
+            return proc, line.split("open ", 1)[1].strip()
+        if time.monotonic() - t0 > 300:
+            break
+    proc.kill()
+    raise SystemExit(f"bench: `avatar serve` did not start (exit {proc.wait()})")
+
+
+def _stop_server_process(proc) -> None:
+    import signal
+
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=20)
+    except Exception:  # noqa: BLE001
+        proc.kill()
+        proc.wait()
 
 
 def main() -> None:
@@ -245,6 +289,10 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--size", default=None, help="output size as `avatar serve --size` (default: the server's default)")
     ap.add_argument("--buffer-ms", type=float, default=None, help="`avatar serve --buffer-ms` (default: the server's)")
+    ap.add_argument("--server-process", action="store_true",
+                    help="run the server as its own `avatar serve` process, as in use (a browser is another process, "
+                         "usually another machine); default: a thread of this process, which also decodes what the "
+                         "client receives, under the same GIL")
     a = ap.parse_args()
 
     from avatar.engine import SpeakConfig
@@ -252,14 +300,25 @@ def main() -> None:
     from avatar.serve.server import AvatarServer, ServerThread
 
     run = Path(a.run) if a.run else fixture_run(a.out)
-    extra = {} if a.buffer_ms is None else {"buffer_ms": a.buffer_ms}
-    srv = ServerThread(AvatarServer([run], ServeConfig(port=0, max_load=1e9, max_sessions=64, device=a.device, **extra),
-                                    SpeakConfig(size=a.size), log=lambda m: print(m, file=sys.stderr)))
-    url = srv.start()
-    w = next(iter(srv.server.workers.values()))
     pcm = _speech16()
-    res = {"bench": "serve", "rx_audio_prefetch_ms": RX_AUDIO_PREFETCH_MS, "run": str(run), "width": w.width, "height": w.height, "fps": w.fps,
-           "render_ms": round(1000 * w.render_s, 1), "features_s_per_s": round(w.feature_s, 3)}
+    res = {"bench": "serve", "rx_audio_prefetch_ms": RX_AUDIO_PREFETCH_MS, "run": str(run),
+           "server": "process" if a.server_process else "thread"}
+    if a.server_process:
+        proc, url = _start_server_process(run, a)
+        pid, stop = proc.pid, lambda: _stop_server_process(proc)
+        av = asyncio.run(_get(url, "/api/avatars"))["avatars"][0]
+        st = asyncio.run(_get(url, "/api/status"))
+        res.update({"width": av["width"], "height": av["height"], "fps": av["fps"],
+                    "render_ms": next(iter(st["render_ms"].values()))})
+    else:
+        extra = {} if a.buffer_ms is None else {"buffer_ms": a.buffer_ms}
+        srv = ServerThread(AvatarServer([run], ServeConfig(port=0, max_load=1e9, max_sessions=64, device=a.device, **extra),
+                                        SpeakConfig(size=a.size), log=lambda m: print(m, file=sys.stderr)))
+        url = srv.start()
+        pid, stop = "self", srv.stop
+        w = next(iter(srv.server.workers.values()))
+        res.update({"width": w.width, "height": w.height, "fps": w.fps, "render_ms": round(1000 * w.render_s, 1),
+                    "features_s_per_s": round(w.feature_s, 3)})
     try:
         t = time.monotonic()
         res.update(asyncio.run(first_frame(url, a.repeats)))
@@ -268,10 +327,10 @@ def main() -> None:
         print(f"bench serve: sustained {res}", file=sys.stderr)
         res.update(asyncio.run(interrupts(url, pcm, a.repeats)))
         res.update(asyncio.run(concurrency(url, pcm, a.max_sessions, a.concurrency_s)))
-        res.update(asyncio.run(memory(url, pcm, a.cycles)))
+        res.update(asyncio.run(memory(url, pcm, a.cycles, pid)))
+        res["pid_threads"] = len(os.listdir(f"/proc/{pid}/task"))  # the server's
     finally:
-        srv.stop()
-    res["pid_threads"] = len(os.listdir("/proc/self/task"))
+        stop()
     emit(res, a.device)
 
 
