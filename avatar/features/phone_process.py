@@ -2,8 +2,9 @@
 
 pocketsphinx holds Python's GIL for the whole of a decode (measured: a thread decoding 3 s of audio five times
 and a thread running a Python loop together took as long as the two one after the other, at 1.0 CPU). In
-`avatar serve` the render thread decodes one ~1.3 s window per 5 frames (~65 ms on the 2-core CI machine),
-and every such decode stopped the event loop thread that encodes and sends the WebRTC frames and audio.
+`avatar serve` the worker decodes one ~1.3 s window per 5 frames (~65 ms on the 2-core CI machine), and every
+such decode stopped the render thread and the event loop thread that encodes and sends the WebRTC frames and
+audio.
 Here the decode runs in a child process (`python -m avatar.features.phone_process`); the calling thread only
 writes the samples to a pipe and waits for the answer, which releases the GIL.
 
