@@ -238,7 +238,7 @@ async def _get(url: str, path: str) -> dict:
     from avatar.serve.client import ServeClient
 
     async with ServeClient(url) as c:
-        return await c._ok("GET", path)
+        return (await c.request("GET", path))[1]
 
 
 def _start_server_process(run: Path, a):

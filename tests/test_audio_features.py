@@ -347,3 +347,9 @@ def test_a_dead_helper_process_falls_back_to_in_process():
         proc._p.wait()
         np.testing.assert_array_equal(phonetic._decode_phones(x), ref)
         np.testing.assert_array_equal(phonetic._decode_phones(x), ref)
+
+
+def test_no_helper_process_for_an_extractor_without_phones():
+    with phone_process.phones_in_helper_process({"extractor": "synthetic"}) as proc:
+        assert proc is None
+        assert getattr(phonetic._DECODER_CACHE, "helper", None) is None

@@ -225,7 +225,6 @@ class Speaker:
         """`_sequential(streaming=True)` run in a producer thread, at most 2 batches ahead of the renderer
         (one queued, one being made).
         Its errors (bad audio, a failing reader) are raised here; closing this generator stops the thread."""
-        import contextlib
         import queue
         import threading
 
@@ -233,7 +232,6 @@ class Speaker:
 
         q: queue.Queue = queue.Queue(maxsize=1)
         stop = threading.Event()
-        phonetic = (getattr(self.avatar, "feature_meta", None) or {}).get("extractor") == "phonetic+spectral"
 
         def put(item) -> bool:
             while not stop.is_set():
@@ -246,7 +244,7 @@ class Speaker:
 
         def produce() -> None:
             try:
-                with phones_in_helper_process() if phonetic else contextlib.nullcontext():
+                with phones_in_helper_process(getattr(self.avatar, "feature_meta", None) or {}):
                     for item in self._sequential(eng, chunks, batch, streaming=True):
                         if not put(("batch", item)):
                             return

@@ -112,13 +112,17 @@ def _close_idle() -> None:
 
 
 @contextlib.contextmanager
-def phones_in_helper_process():
+def phones_in_helper_process(feature_meta: dict | None = None):
     """Inside, this thread's phone decoding (`avatar.features.phonetic._decode_phones`) runs in a helper
     process, so it does not hold the GIL: `avatar serve`'s engine thread and `Speaker.run`'s streaming thread use
     it so that rendering and the server's event loop go on while phones are decoded. Same classes as in
-    process; if the process dies, decoding falls back to this process."""
+    process; if the process dies, decoding falls back to this process. With a run's `feature_meta` whose
+    extractor decodes no phones, nothing is started (yields None)."""
     from avatar.features.phonetic import _DECODER_CACHE
 
+    if feature_meta is not None and feature_meta.get("extractor") != "phonetic+spectral":
+        yield None
+        return
     proc = acquire()
     prev = getattr(_DECODER_CACHE, "helper", None)
     _DECODER_CACHE.helper = proc

@@ -180,14 +180,11 @@ class AvatarWorker(threading.Thread):
     def _engine_loop(self) -> None:
         """Audio -> frame inputs for every session (`_feed`), in its own thread so that the next segment's
         features are computed while this worker renders (as `Speaker.run` streams)."""
-        import contextlib
-
         from avatar.features.phone_process import phones_in_helper_process
 
         # pocketsphinx holds the GIL while it decodes: out of process, the event loop and the render thread
         # keep going meanwhile
-        phonetic = self.avatar.feature_meta.get("extractor") == "phonetic+spectral"
-        with phones_in_helper_process() if phonetic else contextlib.nullcontext():
+        with phones_in_helper_process(self.avatar.feature_meta):
             while not self._halt.is_set():
                 with self._lock:
                     sessions = list(self.sessions)
