@@ -182,8 +182,12 @@ def test_serve_in_browser(server, browser, tmp_path):
         assert len(t) > 12 * 15, f"only {len(t)} frames presented in 12 s"
         assert lv[-1, 2] > 48000 * 8, "audio samples received"
         level = np.interp(t, lv[:, 0], lv[:, 1])
-        speech, silence = level > 0.02, level < 0.002
-        assert speech.sum() > 60 and silence.sum() > 60, (speech.sum(), silence.sum())
+        # silence: no sound within 300 ms either side (the mouth may lag the sound by up to 200 ms, asserted
+        # below; under load the browser shows frames late, so the closing mouth can land just after the sound)
+        loud = lv[lv[:, 1] >= 0.002, 0]
+        near = np.abs(t[:, None] - loud[None, :]).min(axis=1) if loud.size else np.full(t.shape, np.inf)
+        speech, silence = level > 0.02, (level < 0.002) & (near > 300)
+        assert speech.sum() > 60 and silence.sum() > 40, (speech.sum(), silence.sum())
         dev = g[:, 0]
         print(f"\nfirst session: {len(t)} frames presented in 12.5 s")
         print(f"changed pixels/frame: speech p50 {np.median(dev[speech])} p75 {np.percentile(dev[speech], 75)} "
