@@ -46,6 +46,30 @@ def test_ssim_properties():
     assert math.isclose(float(m), (2 * 0.18 + c1) / (0.09 + 0.36 + c1), rel_tol=1e-4)
 
 
+def test_ssim_equals_the_plain_sum_over_the_window():
+    """SSIM of Wang et al. 2004 written out: at each pixel, sums over the 11 x 11 window of Gaussian weights
+    (sigma 1.5, zero outside the image), in float64 loops; the fast (separable) map must agree."""
+    torch.manual_seed(1)
+    x, y = torch.rand(1, 14, 13, 2), torch.rand(1, 14, 13, 2)
+    r = torch.arange(11, dtype=torch.float64) - 5
+    g = torch.exp(-r ** 2 / (2 * 1.5 ** 2))
+    w = (g[:, None] * g[None, :]) / g.sum() ** 2
+    X, Y = x[0].double(), y[0].double()
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    fast = ssim_map(x, y)[0]
+    for i, j in [(0, 0), (7, 6), (13, 12), (3, 11)]:
+        mom = torch.zeros(5, 2, dtype=torch.float64)
+        for di in range(-5, 6):
+            for dj in range(-5, 6):
+                if 0 <= i + di < 14 and 0 <= j + dj < 13:
+                    a, b = X[i + di, j + dj], Y[i + di, j + dj]
+                    mom += w[di + 5, dj + 5] * torch.stack([a, b, a * a, b * b, a * b])
+        mx, my = mom[0], mom[1]
+        vx, vy, cxy = mom[2] - mx ** 2, mom[3] - my ** 2, mom[4] - mx * my
+        want = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+        assert torch.allclose(fast[i, j].double(), want, atol=2e-5), (i, j, fast[i, j], want)
+
+
 def test_runtime_api(tiny_run):
     av = Avatar.load(tiny_run, device="cpu")
     assert av.fps == 25.0 and (av.width, av.height) == (64, 64)

@@ -17,25 +17,34 @@ import torch.nn.functional as F
 
 
 @functools.lru_cache(maxsize=8)
-def _gauss_window(size: int, sigma: float, channels: int, device: str, dtype: torch.dtype) -> torch.Tensor:
+def _gauss_taps(size: int, sigma: float, device: str, dtype: torch.dtype) -> torch.Tensor:
+    """The normalised 1-D Gaussian [size] whose outer product with itself is the SSIM window."""
     x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     g = torch.exp(-x ** 2 / (2 * sigma ** 2))
-    g = (g / g.sum()).to(dtype)
-    w = g[:, None] @ g[None, :]  # [S, S]
-    return w.expand(channels, 1, size, size).contiguous().to(device)
+    return (g / g.sum()).to(device=device, dtype=dtype)
+
+
+def gauss_blur(v: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """v [B, C, H, W] under the size x size Gaussian window, zero padded: as one 2-D convolution with the outer
+    product window, done as a row pass then a column pass (2 S instead of S^2 multiply-adds per pixel; with
+    zero padding the two are equal)."""
+    c = v.shape[1]
+    g = _gauss_taps(window, sigma, str(v.device), v.dtype)
+    pad = window // 2
+    v = F.conv2d(v, g.view(1, 1, 1, window).expand(c, 1, 1, window), padding=(0, pad), groups=c)
+    return F.conv2d(v, g.view(1, 1, window, 1).expand(c, 1, window, 1), padding=(pad, 0), groups=c)
 
 
 def ssim_map(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    """Per-pixel SSIM of x, y [B, H, W, C] in [0, 1] -> [B, H, W, C] (zero-padded borders, like 3DGS)."""
+    """Per-pixel SSIM of x, y [B, H, W, C] in [0, 1] -> [B, H, W, C] (zero-padded borders, like 3DGS).
+    The five local moments go through one separable blur (`gauss_blur`)."""
     c = x.shape[-1]
     xc, yc = x.permute(0, 3, 1, 2), y.permute(0, 3, 1, 2)  # [B, C, H, W]
-    w = _gauss_window(window, sigma, c, str(x.device), x.dtype)
-    pad = window // 2
-    mu_x = F.conv2d(xc, w, padding=pad, groups=c)
-    mu_y = F.conv2d(yc, w, padding=pad, groups=c)
-    sxx = F.conv2d(xc * xc, w, padding=pad, groups=c) - mu_x ** 2
-    syy = F.conv2d(yc * yc, w, padding=pad, groups=c) - mu_y ** 2
-    sxy = F.conv2d(xc * yc, w, padding=pad, groups=c) - mu_x * mu_y
+    m = gauss_blur(torch.cat([xc, yc, xc * xc, yc * yc, xc * yc], 1), window, sigma)
+    mu_x, mu_y = m[:, :c], m[:, c:2 * c]
+    sxx = m[:, 2 * c:3 * c] - mu_x ** 2
+    syy = m[:, 3 * c:4 * c] - mu_y ** 2
+    sxy = m[:, 4 * c:] - mu_x * mu_y
     c1, c2 = 0.01 ** 2, 0.03 ** 2
     s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (sxx + syy + c2))
     return s.permute(0, 2, 3, 1)
