@@ -1,4 +1,4 @@
-"""A short CPU fit on a real clip (../shared/data/video/may_5s.mp4): the cpu preset as a user runs it, 400 steps.
+"""A short CPU fit on a real clip (../shared/data/video/may_5s.mp4): the cpu preset as a user runs it, 300 steps.
 
 Asserts properties a working fit must have, whatever the exact figures: held-out PSNR rises by
 decibels over the first step's, the motion field follows the tracked lips of the training frames

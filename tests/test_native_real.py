@@ -39,7 +39,7 @@ def _fit(data_dir, run_dir, iters: int, extra: dict | None = None):
 
 @pytest.fixture(scope="module")
 def native_run(may_native_fit):
-    """The cpu preset's 400-step layered fit of may_5s (conftest `may_native_fit`, shared with test_fit_real)."""
+    """The cpu preset's 300-step layered fit of may_5s (conftest `may_native_fit`, shared with test_fit_real)."""
     return may_native_fit["run"]
 
 
