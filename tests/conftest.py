@@ -119,12 +119,12 @@ def may_run(may_dataset, tmp_path_factory) -> Path:
 def may_native_fit(may_dataset, tmp_path_factory) -> dict:
     """The cpu preset as a user gets it (layered: head crop + body, 128 px training size, native-size output) fitted
     to may_5s.mp4 for 300 steps, once per session (~2 min on 2 cores), on a copy of the dataset. 300, not 400: the
-    last 100 steps (densified) took nearly as long as the first 300 (217 vs 119 s), and the margins did not grow (one run each: held-out
-    PSNR 19.3 -> 29.5 dB at 400; mouth sharpness vs the 128 px upscale 1.75x at 300, 1.58x at 400, bar 1.5x; LMD
-    3.5 / 3.1 px, bar 10). Built step by step
-    so the tests can read how the fit went: {"run": run folder, "rigid_lip_px" / "lip_px": the motion field's mean
-    pixel error at the training frames' lip/jaw/eyelid landmarks with no motion / after the fit, "first" /
-    "after_one" / "last": the trainer's quick held-out evaluation before any step, after one, after the last}."""
+    last 100 steps (densified) took nearly as long as the first 300 (217 vs 119 s in all), and the margins did not
+    grow (one run each: held-out PSNR 19.3 -> 29.5 dB at 400; mouth sharpness vs the 128 px upscale 1.75x at 300,
+    1.58x at 400, bar 1.5x; LMD 3.5 / 3.1 px, bar 10). Built step by step so the tests can read how the fit went:
+    {"run": run folder, "rigid_lip_px" / "lip_px": the motion field's mean pixel error at the training frames'
+    lip/jaw/eyelid landmarks with no motion / after the fit, "first" / "after_one" / "last": the trainer's quick
+    held-out evaluation before any step, after one, after the last}."""
     import shutil
     import warnings
 
