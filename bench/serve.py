@@ -14,7 +14,11 @@ Bounded in count and time; stops by itself. A Python aiortc client (avatar/serve
   start (first 10 s) and at the end (last 10 s), from the client side: frames carry their timeline index (session
   `stamp`), the audio is the timeline, so arrival(video frame k) - arrival(audio sample k * 48000 / fps) is the
   offset as received (aiortc's receiver holds audio back by its 4-packet prefetch (`rx_audio_prefetch_ms`, not
-  subtracted: `av_offset_rx_*_ms` are raw) and the server's send-side offset (`av_offset_tx_*_ms`).
+  subtracted: `av_offset_rx_*_ms` are raw) and the server's send-side offset (`av_offset_tx_*_ms`); and where the CPU
+  goes while it talks: `cpu_cores_process` (CPU s per s of the server process and its phone-decoder helper; without
+  --server-process that is this whole process, client included) and `cpu_cores_by_thread` (Python threads by name:
+  the worker's render thread `avatar-serve-RUN`, its engine thread `...-engine`, the event loop `avatar-serve-http`;
+  OpenMP and codec threads count only in the process figure).
 * interrupt: barge-in while talking -> the first closed-mouth frame sent (median of `--repeats`).
 * first frame: session create -> first video frame received (median of `--repeats`, after a warm-up).
 * concurrency: 1, 2, 3 ... sessions talking at once (admission control off) for 20 s each; the largest count whose
@@ -30,6 +34,7 @@ import asyncio
 import os
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -47,6 +52,35 @@ def _rss_mb(pid: int | str = "self") -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def _proc_cpu_s(pid: int | str) -> float:
+    """CPU seconds (user + system) of process `pid` and of the processes it started that still run (the
+    phone decoder's helper process), from /proc."""
+    try:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    total = (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            kids = (task / "children").read_text().split()
+        except OSError:
+            continue
+        total += sum(_proc_cpu_s(k) for k in kids)
+    return total
+
+
+def _thread_cpu_s() -> dict[str, float]:
+    """CPU seconds of this process's Python threads, by name (the render and engine threads of a worker, the
+    event loops); OpenMP worker threads are not Python threads and are counted only in the process total."""
+    out = {}
+    for t in threading.enumerate():
+        try:
+            out[t.name] = out.get(t.name, 0.0) + time.clock_gettime(time.pthread_getcpuclockid(t.ident))
+        except (OSError, TypeError, OverflowError):
+            continue
+    return out
 
 
 def _speech16() -> np.ndarray:
@@ -93,7 +127,7 @@ def _rx_offsets(rec, fps: float, window: tuple[float, float]) -> float | None:
     return float(np.median(offs)) if offs else None
 
 
-async def sustained(url: str, pcm: np.ndarray, minutes: float) -> dict:
+async def sustained(url: str, pcm: np.ndarray, minutes: float, pid: int | str = "self") -> dict:
     from avatar.serve.client import ServeClient
 
     async with ServeClient(url) as c:
@@ -111,10 +145,12 @@ async def sustained(url: str, pcm: np.ndarray, minutes: float) -> dict:
         sent0 = (await c.state(sid))["frames_sent"]
         t_speech = time.monotonic()
         tx_start = (await c.state(sid))["av_offset_ms"]
+        cpu0, threads0 = _proc_cpu_s(pid), _thread_cpu_s()
         await _feed(c, sid, pcm, minutes * 60)
         dur = time.monotonic() - t0
         st = await c.state(sid)
         speech_s = time.monotonic() - t_speech
+        cpu1, threads1 = _proc_cpu_s(pid), _thread_cpu_s()
         start_w = (t0 - 10, t0)
         end_w = (t0 + dur - 10, t0 + dur + 1)
         frames_rx = sum(1 for t, _, _ in rec.video if t >= t0)
@@ -126,6 +162,11 @@ async def sustained(url: str, pcm: np.ndarray, minutes: float) -> dict:
             "latency_p50_ms": st["latency_p50_ms"], "latency_p95_ms": st["latency_p95_ms"], "delay_ms": st["delay_ms"],
             "av_offset_tx_start_ms": tx_start, "av_offset_tx_end_ms": st["av_offset_ms"],
             "av_offset_rx_start_ms": _rx_offsets(rec, fps, start_w), "av_offset_rx_end_ms": _rx_offsets(rec, fps, end_w),
+            # where the CPU goes while it talks: cores busy (CPU s per s) in the server process with its helper
+            # process (with --server-process; else this whole process, the client too), and by Python thread
+            "cpu_cores_process": round((cpu1 - cpu0) / speech_s, 2),
+            "cpu_cores_by_thread": {k: round((v - threads0.get(k, 0.0)) / speech_s, 2) for k, v in threads1.items()
+                                    if v - threads0.get(k, 0.0) > 0.01 * speech_s},
         }
         st_del, _ = await c.request("DELETE", f"/api/sessions/{sid}")
         out["closed_by_server_early"] = st_del == 404  # e.g. the WebRTC connection failed under load
@@ -323,7 +364,7 @@ def main() -> None:
         t = time.monotonic()
         res.update(asyncio.run(first_frame(url, a.repeats)))
         print(f"bench serve: first frame {res['first_frame_s']} s ({time.monotonic() - t:.0f} s)", file=sys.stderr)
-        res.update(asyncio.run(sustained(url, pcm, a.minutes)))
+        res.update(asyncio.run(sustained(url, pcm, a.minutes, pid)))
         print(f"bench serve: sustained {res}", file=sys.stderr)
         res.update(asyncio.run(interrupts(url, pcm, a.repeats)))
         res.update(asyncio.run(concurrency(url, pcm, a.max_sessions, a.concurrency_s)))
