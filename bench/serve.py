@@ -296,6 +296,8 @@ def _start_server_process(run: Path, a):
         cmd += ["--size", a.size]
     if a.buffer_ms is not None:
         cmd += ["--buffer-ms", str(a.buffer_ms)]
+    if a.render_threads is not None:
+        cmd += ["--render-threads", str(a.render_threads)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     t0 = time.monotonic()
     for line in proc.stdout:
@@ -330,6 +332,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--size", default=None, help="output size as `avatar serve --size` (default: the server's default)")
     ap.add_argument("--buffer-ms", type=float, default=None, help="`avatar serve --buffer-ms` (default: the server's)")
+    ap.add_argument("--render-threads", type=int, default=None,
+                    help="`avatar serve --render-threads` (default: the server's)")
     ap.add_argument("--server-process", action="store_true",
                     help="run the server as its own `avatar serve` process, as in use (a browser is another process, "
                          "usually another machine); default: a thread of this process, which also decodes what the "
@@ -353,12 +357,15 @@ def main() -> None:
                     "render_ms": next(iter(st["render_ms"].values()))})
     else:
         extra = {} if a.buffer_ms is None else {"buffer_ms": a.buffer_ms}
+        if a.render_threads is not None:
+            extra["render_threads"] = a.render_threads
         srv = ServerThread(AvatarServer([run], ServeConfig(port=0, max_load=1e9, max_sessions=64, device=a.device, **extra),
                                         SpeakConfig(size=a.size), log=lambda m: print(m, file=sys.stderr)))
         url = srv.start()
         pid, stop = "self", srv.stop
         w = next(iter(srv.server.workers.values()))
         res.update({"width": w.width, "height": w.height, "fps": w.fps, "render_ms": round(1000 * w.render_s, 1),
+                    "render_threads": w.render_threads,
                     "features_s_per_s": round(w.feature_s, 3)})
     try:
         t = time.monotonic()

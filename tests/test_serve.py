@@ -64,6 +64,43 @@ def test_stamp_roundtrip():
         assert read_stamp(stamp_frame(img, k)) == k
 
 
+def test_turnstile_lets_frames_leave_in_the_order_handed_out():
+    """Render threads finish frames in any order (here: random render times); what they send goes out in ticket
+    order, and a ticket given up without sending (a dropped frame) does not hold the others back."""
+    import random
+    import threading
+
+    from avatar.serve.worker import _Turnstile
+
+    halt = threading.Event()
+    turn = _Turnstile(halt)
+    lock = threading.Lock()
+    sent: list[int] = []
+    rng = random.Random(0)
+    delays = [rng.uniform(0, 0.004) for _ in range(120)]
+
+    def render_thread():
+        while True:
+            with lock:
+                t = turn.take()
+            if t >= len(delays):
+                turn.done(t)
+                return
+            time.sleep(delays[t])
+            if t % 7 != 3:  # every 7th frame is dropped: no wait, no send
+                turn.wait(t)
+                sent.append(t)
+            turn.done(t)
+
+    threads = [threading.Thread(target=render_thread) for _ in range(3)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=10)
+    assert not any(th.is_alive() for th in threads)
+    assert sent == [t for t in range(len(delays)) if t % 7 != 3]
+
+
 def test_session_clock_is_the_sample_count():
     from avatar.serve.session import Session
 

@@ -6,12 +6,18 @@ own streaming `FrameEngine` (`Speaker.new_engine(streaming=True)`: features, sil
 track) — the same engine `avatar speak --stream` runs, so a served avatar moves and closes its mouth exactly
 like a rendered file; nothing here maps audio to frames itself.
 
-Two threads, so that features and rendering overlap (as `Speaker.run` streams): the engine thread commits every
+Threads, so that features and rendering overlap (as `Speaker.run` streams): the engine thread commits every
 session's due audio (`Session.pump`), pushes it into the session's engine and hands the frames that became final
-to the render thread (`Session.add_frames`); the render thread renders them (`Session.next_pending`, one batch
-per session per pass) if they can still be ready by their play time (`Session.play_time`) at the measured cost
-of one frame; the others are dropped (counted). Frames of a session nobody watches yet are not rendered. After
-an interrupt, the frames after the cut are rendered again with the silence window first
+to the render threads (`Session.add_frames`). On the CPU there is one render thread per core torch uses, each
+rendering whole frames with one torch thread (`render_threads`): frames are independent, and one frame split over
+two cores waits at every operation for the slower core, which any other work on the box (the event loop, the
+engine thread, the phone decoder) slows. Measured on 2 cores, the bench fixture at 128 px: one thread with two
+torch threads 30.8 frames/s alone and 21.4 with a Python thread busy 20 % of the time beside it; two threads with
+one torch thread each 45.7 and 39.3. The render threads take frames one at a time (`_next_job`: interrupts first,
+then the sessions in turn) and render them if they can still be ready by their play time (`Session.play_time`) at
+the measured cost of one frame; the others are dropped (counted). Frames leave in the order they were handed out
+(`_Turnstile`), so a session's frames reach its track in order. Frames of a session nobody watches yet are not
+rendered. After an interrupt, the frames after the cut are rendered again with the silence window first
 (`Session.take_rerender`).
 
 The worker's phone decoding (the default extractor's pocketsphinx) runs in a helper process
@@ -20,13 +26,14 @@ per 5-frame segment on 2 cores), which stopped the event loop thread that encode
 frames and audio. The compiled raster kernels release the GIL themselves.
 
 Admission control reads `demand_s`: the compute one talking session needs per second of real time (feature
-extraction of one second of speech + fps x one frame's render), measured at start-up (`calibrate`) and kept
+extraction of one second of speech + fps x one frame's render / the render threads), measured at start-up (`calibrate`) and kept
 up to date from the live timings. Scaling out: the worker is the unit that would move to its own process
 (one per GPU, sessions routed by avatar); sessions only exchange audio arrays and uint8 frames with it.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import threading
 import time
@@ -62,10 +69,46 @@ def read_stamp(rgb: np.ndarray, bits: int = 16) -> int:
     return code
 
 
-class AvatarWorker(threading.Thread):
-    """The render thread of one avatar (see the module docstring)."""
+def default_render_threads(device) -> int:
+    """Render threads of a worker: one per core torch computes on (CPU), one on a GPU."""
+    import torch
 
-    def __init__(self, name: str, avatar, speak_cfg):
+    return 1 if str(device).startswith("cuda") else max(1, torch.get_num_threads())
+
+
+class _Turnstile:
+    """Tickets handed out in order; `wait(t)` returns once every ticket before t is `done` (or the worker stops)."""
+
+    def __init__(self, halt: threading.Event):
+        self._cv = threading.Condition()
+        self._next = 0  # next ticket to hand out
+        self._out = 0  # lowest ticket not done
+        self._done: set[int] = set()
+        self._halt = halt
+
+    def take(self) -> int:
+        with self._cv:
+            t, self._next = self._next, self._next + 1
+            return t
+
+    def wait(self, t: int) -> None:
+        with self._cv:
+            while self._out < t and not self._halt.is_set():
+                self._cv.wait(0.05)
+
+    def done(self, t: int) -> None:
+        with self._cv:
+            self._done.add(t)
+            while self._out in self._done:
+                self._done.remove(self._out)
+                self._out += 1
+            self._cv.notify_all()
+
+
+class AvatarWorker(threading.Thread):
+    """The threads of one avatar (see the module docstring); this thread renders, and starts the others."""
+
+    def __init__(self, name: str, avatar, speak_cfg, render_threads: int = 0):
         super().__init__(name=f"avatar-serve-{name}", daemon=True)
         from avatar.engine import Speaker
 
@@ -88,9 +131,18 @@ class AvatarWorker(threading.Thread):
         self._lock = threading.Lock()
         self._halt = threading.Event()
         self._seq = 0
-        self._in_interrupts = False
         self._ready = threading.Event()  # the engine thread made frames ready
         self.busy_s = 0.0
+        import torch
+
+        self.render_threads = int(render_threads) or default_render_threads(avatar.device)
+        # torch threads of each render thread: the cores torch uses, shared out
+        self._torch_threads = max(1, torch.get_num_threads() // self.render_threads)
+        self._turn = _Turnstile(self._halt)
+        self._jobs_lock = threading.Lock()
+        self._jobs: dict[Session, collections.deque] = {}  # session -> (k, epoch, silent) handed out next
+        self._urgent: list[Session] = []  # sessions with an interrupt's re-render queued
+        self._rr = 0
 
     # -- sessions ------------------------------------------------------------------------------------
     def new_session(self, buffer_ms: float, ahead_ms: float, stamp: bool = False) -> Session:
@@ -123,8 +175,8 @@ class AvatarWorker(threading.Thread):
 
     @property
     def demand_s(self) -> float:
-        """Compute seconds one talking session needs per second of real time."""
-        return self.feature_s + self.fps * self.render_s
+        """Compute seconds one talking session needs per second of real time (the render threads share its frames)."""
+        return self.feature_s + self.fps * self.render_s / self.render_threads
 
     # -- timing ---------------------------------------------------------------------------------------
     def calibrate(self, seconds: float = 1.0) -> dict:
@@ -148,12 +200,20 @@ class AvatarWorker(threading.Thread):
                 frames.append(eng2.take(n))
         self.feature_s = (time.perf_counter() - t0) / seconds
         b = frames[0] if frames else eng.take(max(1, eng.ready_count()))
-        self._render(b.windows[:1], b.viewmats[:1], b.blinks[:1], None if b.cameras is None else b.cameras[:1])
-        t0 = time.perf_counter()
-        for _ in range(3):
+        import torch
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(self._torch_threads)  # as a render thread renders (this thread's setting only)
+        try:
             self._render(b.windows[:1], b.viewmats[:1], b.blinks[:1], None if b.cameras is None else b.cameras[:1])
-        self.render_s = (time.perf_counter() - t0) / 3
-        return {"render_ms": round(1000 * self.render_s, 1), "features_s_per_s": round(self.feature_s, 3),
+            t0 = time.perf_counter()
+            for _ in range(3):
+                self._render(b.windows[:1], b.viewmats[:1], b.blinks[:1], None if b.cameras is None else b.cameras[:1])
+            self.render_s = (time.perf_counter() - t0) / 3
+        finally:
+            torch.set_num_threads(before)
+        return {"render_ms": round(1000 * self.render_s, 1), "render_threads": self.render_threads,
+                "features_s_per_s": round(self.feature_s, 3),
                 "demand_s_per_s": round(self.demand_s, 3)}
 
     def _render(self, windows, viewmats, blinks, cameras) -> np.ndarray:
@@ -168,14 +228,19 @@ class AvatarWorker(threading.Thread):
         self._halt.set()
 
     def run(self) -> None:
-        """The render thread; it starts the engine thread (`_engine_loop`) and stops it on the way out."""
-        feeder = threading.Thread(target=self._engine_loop, name=f"{self.name}-engine", daemon=True)
-        feeder.start()
+        """A render thread; it starts the engine thread (`_engine_loop`) and the other render threads, and stops
+        them on the way out."""
+        others = [threading.Thread(target=self._engine_loop, name=f"{self.name}-engine", daemon=True)]
+        others += [threading.Thread(target=self._render_loop, name=f"{self.name}-render{i}", daemon=True)
+                   for i in range(1, self.render_threads)]
+        for t in others:
+            t.start()
         try:
             self._render_loop()
         finally:
             self._halt.set()
-            feeder.join(timeout=5.0)
+            for t in others:
+                t.join(timeout=5.0)
 
     def _engine_loop(self) -> None:
         """Audio -> frame inputs for every session (`_feed`), in its own thread so that the next segment's
@@ -199,44 +264,93 @@ class AvatarWorker(threading.Thread):
                 self._halt.wait(0.005)
 
     def _render_loop(self) -> None:
-        """Render what the engine thread made ready: interrupts first, then one batch per session per pass."""
+        """One render thread: frames one at a time from `_next_job`, each rendered, dropped or skipped."""
+        import torch
+
+        torch.set_num_threads(self._torch_threads)
         while not self._halt.is_set():
-            with self._lock:
-                sessions = list(self.sessions)
-            t0 = time.perf_counter()
-            did = False
-            self._interrupts()
-            for s in sessions:
-                if s.closed:
-                    continue
-                item = s.next_pending()
-                if item is None:
-                    continue
-                did = True
-                try:
-                    self._render_frames(s, *item, silent=False)
-                except Exception as e:  # noqa: BLE001
-                    s.error = f"{type(e).__name__}: {e}"
-                    s.closed = True
-            self.busy_s += time.perf_counter() - t0
-            if not did:
+            job = self._next_job()
+            if job is None:
                 self._ready.wait(0.005)
                 self._ready.clear()
+                continue
+            s, k, epoch, silent, ticket = job
+            t0 = time.perf_counter()
+            try:
+                self._render_one(s, k, epoch, silent, ticket)
+            except Exception as e:  # noqa: BLE001 - one session's failure must not stop the others
+                s.error = f"{type(e).__name__}: {e}"
+                s.closed = True
+            finally:
+                self._turn.done(ticket)
+            self.busy_s += time.perf_counter() - t0
 
-    def _interrupts(self) -> None:
-        """Re-render the frames cut by an interrupt, in any session, before anything else (barge-in latency)."""
-        if self._in_interrupts:
-            return
-        self._in_interrupts = True
-        try:
+    def _next_job(self) -> tuple[Session, int, int, bool, int] | None:
+        """The next frame to render, with its ticket: an interrupt's re-render (silent) before anything else,
+        then the sessions in turn, each session's frames in order."""
+        with self._jobs_lock:
             with self._lock:
-                sessions = list(self.sessions)
+                sessions = [s for s in self.sessions if not s.closed]
+            for s in list(self._jobs):
+                if s not in sessions:
+                    del self._jobs[s]
+            self._urgent = [s for s in self._urgent if s in sessions]
             for s in sessions:
-                redo = s.take_rerender() if not s.closed else []
-                if redo:
-                    self._render_frames(s, redo, s.epoch, silent=True)
-        finally:
-            self._in_interrupts = False
+                redo = s.take_rerender()
+                if redo:  # these frames again, silent, in frame order with what was queued
+                    jobs = {k: (k, e, sil) for k, e, sil in self._jobs.get(s, ())}
+                    jobs.update({k: (k, s.epoch, True) for k in redo})
+                    self._jobs[s] = collections.deque(sorted(jobs.values(), key=lambda j: j[0]))
+                    if s not in self._urgent:
+                        self._urgent.append(s)
+            n = len(sessions)
+            order = self._urgent + [sessions[(self._rr + i) % n] for i in range(n)]
+            for s in order:
+                q = self._jobs.get(s)
+                if not q:
+                    if s in self._urgent:
+                        self._urgent.remove(s)
+                    item = s.next_pending()
+                    if item is None:
+                        continue
+                    ks, epoch = item
+                    q = self._jobs[s] = collections.deque((k, epoch, False) for k in ks)
+                k, epoch, silent = q.popleft()
+                if not q and s in self._urgent:
+                    self._urgent.remove(s)
+                if n:
+                    self._rr = (sessions.index(s) + 1) % n
+                return s, k, epoch, silent, self._turn.take()
+        return None
+
+    def _render_one(self, s: Session, k: int, epoch: int, silent: bool, ticket: int) -> None:
+        item = s.unsent.get(k)
+        if item is None:
+            return
+        win, vm, blink, cam, arrival, speech = item
+        if silent:
+            win, speech = self.silent_window, 0.0
+            s.set_silent(k, item, win)
+        if not s.consumer:
+            return  # nobody watching yet
+        if not silent and epoch < s.epoch and k >= s.mute_from:
+            return  # an interrupt cut it: its re-render sends it silent
+        if time.monotonic() + self.render_s > s.play_time(k):
+            s.frames_dropped += 1  # it could not be ready by its play time
+            return
+        t0 = time.perf_counter()
+        rgb = self._render(win[None], vm[None], np.asarray([blink], np.float32), None if cam is None else cam[None])[0]
+        self.render_s += _EWMA * (time.perf_counter() - t0 - self.render_s)
+        if s.stamp:
+            rgb = stamp_frame(rgb, k)
+        self._turn.wait(ticket)  # the frames handed out before this one leave first
+        s.frames_rendered += 1
+        loop, q = s.loop, s.video_q
+        if loop is not None and q is not None and not s.closed:
+            try:
+                loop.call_soon_threadsafe(q.put_nowait, (k, rgb, epoch, speech, arrival))
+            except RuntimeError:  # the loop has closed (server stopping)
+                return
 
     def _feed(self, s: Session) -> None:
         """Commit the session's due audio into its engine and hand the frames that became final to the render
@@ -254,35 +368,3 @@ class AvatarWorker(threading.Thread):
             s.add_frames(eng.take(n), arrival, self.silent_window)
             self._ready.set()
         s.forget_before(int(np.floor((time.monotonic() - s.t0 - s.delay_s) * s.fps)))
-
-    def _render_frames(self, s: Session, ks: list[int], epoch: int, silent: bool) -> None:
-        for k in ks:
-            item = s.unsent.get(k)
-            if item is None:
-                continue
-            win, vm, blink, cam, arrival, speech = item
-            if silent:
-                win, speech = self.silent_window, 0.0
-                s.set_silent(k, item, win)
-            if not s.consumer:
-                continue  # nobody watching yet
-            if not silent:
-                self._interrupts()
-                if epoch < s.epoch and k >= s.mute_from:
-                    continue  # an interrupt just cut it: its re-render sent it silent
-            if time.monotonic() + self.render_s > s.play_time(k):
-                s.frames_dropped += 1  # it could not be ready by its play time
-                continue
-            t0 = time.perf_counter()
-            rgb = self._render(win[None], vm[None], np.asarray([blink], np.float32),
-                               None if cam is None else cam[None])[0]
-            self.render_s += _EWMA * (time.perf_counter() - t0 - self.render_s)
-            if s.stamp:
-                rgb = stamp_frame(rgb, k)
-            s.frames_rendered += 1
-            loop, q = s.loop, s.video_q
-            if loop is not None and q is not None and not s.closed:
-                try:
-                    loop.call_soon_threadsafe(q.put_nowait, (k, rgb, epoch, speech, arrival))
-                except RuntimeError:  # the loop has closed (server stopping)
-                    return
