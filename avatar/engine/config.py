@@ -73,6 +73,9 @@ class SpeakConfig:
     """output frame rate (default: the training fps; other rates re-time features and poses)"""
     batch: int = 8
     """frames rendered per model call offline"""
+    render_threads: int = 0
+    """frames rendered at once, each by its own thread (0: on the CPU one per core torch uses, each with one torch
+    thread; on a GPU one); the output is the same whatever the count"""
     segment_s: float = 30.0
     """offline feature segment length in seconds (bounded memory for hour-long audio)"""
     context_s: float = 1.5
@@ -94,6 +97,8 @@ class SpeakConfig:
         """Range checks every caller gets (speak, stream, viewer, serve, batch): one-line AvatarError."""
         from avatar.errors import AvatarError
 
+        if self.render_threads < 0:
+            raise AvatarError(f"--render-threads {self.render_threads}: must be 0 (automatic) or more")
         if not 0.0 <= self.orbit <= 360.0:
             raise AvatarError(f"--orbit {self.orbit}: degrees must be in [0, 360]")
         if not self.orbit_period > 0:

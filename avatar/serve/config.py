@@ -42,6 +42,3 @@ class ServeConfig:
     closed"""
     device: str = "auto"
     """render device: auto, cpu, cuda, cuda:N"""
-    render_threads: int = 0
-    """threads that render frames, per avatar (0: on the CPU one per core torch uses, each rendering whole frames
-    with one torch thread; on a GPU one)"""

@@ -82,8 +82,6 @@ class AvatarServer:
                               f"${TOKEN_ENV}) so that every request must carry it")
         if not runs:
             raise AvatarError("give at least one trained run folder")
-        if cfg.render_threads < 0:
-            raise AvatarError(f"--render-threads must be 0 (automatic) or more, not {cfg.render_threads}")
         speak = speak or SpeakConfig()
         self.workers: dict[str, AvatarWorker] = {}
         for run in runs:
@@ -92,7 +90,7 @@ class AvatarServer:
             while name in self.workers:
                 name, i = f"{base}-{i}", i + 1
             av = Avatar.load(run, device=cfg.device)
-            w = AvatarWorker(name, av, serve_size(speak, av), render_threads=cfg.render_threads)
+            w = AvatarWorker(name, av, serve_size(speak, av))
             cal = w.calibrate()
             log(f"avatar serve: {name}: {w.width}x{w.height} at {w.fps:g} fps, one frame {cal['render_ms']} ms "
                 f"({w.render_threads} render thread{'s' if w.render_threads > 1 else ''}), "

@@ -69,13 +69,6 @@ def read_stamp(rgb: np.ndarray, bits: int = 16) -> int:
     return code
 
 
-def default_render_threads(device) -> int:
-    """Render threads of a worker: one per core torch computes on (CPU), one on a GPU."""
-    import torch
-
-    return 1 if str(device).startswith("cuda") else max(1, torch.get_num_threads())
-
-
 class _Turnstile:
     """Tickets handed out in order; `wait(t)` returns once every ticket before t is `done` (or the worker stops)."""
 
@@ -108,7 +101,7 @@ class _Turnstile:
 class AvatarWorker(threading.Thread):
     """The threads of one avatar (see the module docstring); this thread renders, and starts the others."""
 
-    def __init__(self, name: str, avatar, speak_cfg, render_threads: int = 0):
+    def __init__(self, name: str, avatar, speak_cfg):
         super().__init__(name=f"avatar-serve-{name}", daemon=True)
         from avatar.engine import Speaker
 
@@ -135,7 +128,7 @@ class AvatarWorker(threading.Thread):
         self.busy_s = 0.0
         import torch
 
-        self.render_threads = int(render_threads) or default_render_threads(avatar.device)
+        self.render_threads = self.base.render_threads  # SpeakConfig.render_threads (--render-threads)
         # torch threads of each render thread: the cores torch uses, shared out
         self._torch_threads = max(1, torch.get_num_threads() // self.render_threads)
         self._turn = _Turnstile(self._halt)
