@@ -72,7 +72,7 @@ class SpeakConfig:
     fps: float | None = None
     """output frame rate (default: the training fps; other rates re-time features and poses)"""
     batch: int = 8
-    """frames rendered per model call offline"""
+    """frames taken from the engine at a time offline (shared out among the render threads)"""
     render_threads: int = 0
     """frames rendered at once, each by its own thread (0: on the CPU one per core torch uses, each with one torch
     thread; on a GPU one); the output is the same whatever the count"""
