@@ -14,7 +14,7 @@ two cores waits at every operation for the slower core, which any other work on 
 engine thread, the phone decoder) slows. Measured on 2 cores, the bench fixture at 128 px: one thread with two
 torch threads 30.8 frames/s alone and 21.4 with a Python thread busy 20 % of the time beside it; two threads with
 one torch thread each 45.7 and 39.3. The render threads take frames one at a time (`_next_job`: interrupts first,
-then the sessions in turn) and render them if they can still be ready by their play time (`Session.play_time`) at
+then the frame due first) and render them if they can still be ready by their play time (`Session.play_time`) at
 the measured cost of one frame; the others are dropped (counted). Frames leave in the order they were handed out
 (`_Turnstile`), so a session's frames reach its track in order. Frames of a session nobody watches yet are not
 rendered. After an interrupt, the frames after the cut are rendered again with the silence window first
@@ -135,7 +135,6 @@ class AvatarWorker(threading.Thread):
         self._jobs_lock = threading.Lock()
         self._jobs: dict[Session, collections.deque] = {}  # session -> (k, epoch, silent) handed out next
         self._urgent: list[Session] = []  # sessions with an interrupt's re-render queued
-        self._rr = 0
 
     # -- sessions ------------------------------------------------------------------------------------
     def new_session(self, buffer_ms: float, ahead_ms: float, stamp: bool = False) -> Session:
@@ -279,8 +278,9 @@ class AvatarWorker(threading.Thread):
             self.busy_s += time.perf_counter() - t0
 
     def _next_job(self) -> tuple[Session, int, int, bool, int] | None:
-        """The next frame to render, with its ticket: an interrupt's re-render (silent) before anything else,
-        then the sessions in turn, each session's frames in order."""
+        """The next frame to render, with its ticket: an interrupt's re-render (silent) before anything else, then
+        the frame due first of all sessions (earliest deadline first: a session whose batch became final late
+        is not kept waiting behind another's frames that have time), each session's frames in order."""
         with self._jobs_lock:
             with self._lock:
                 sessions = [s for s in self.sessions if not s.closed]
@@ -296,25 +296,23 @@ class AvatarWorker(threading.Thread):
                     self._jobs[s] = collections.deque(sorted(jobs.values(), key=lambda j: j[0]))
                     if s not in self._urgent:
                         self._urgent.append(s)
-            n = len(sessions)
-            order = self._urgent + [sessions[(self._rr + i) % n] for i in range(n)]
-            for s in order:
                 q = self._jobs.get(s)
                 if not q:
-                    if s in self._urgent:
-                        self._urgent.remove(s)
                     item = s.next_pending()
-                    if item is None:
-                        continue
-                    ks, epoch = item
-                    q = self._jobs[s] = collections.deque((k, epoch, False) for k in ks)
-                k, epoch, silent = q.popleft()
-                if not q and s in self._urgent:
-                    self._urgent.remove(s)
-                if n:
-                    self._rr = (sessions.index(s) + 1) % n
-                return s, k, epoch, silent, self._turn.take()
-        return None
+                    if item is not None:
+                        ks, epoch = item
+                        self._jobs[s] = collections.deque((k, epoch, False) for k in ks)
+            while self._urgent and not self._jobs.get(self._urgent[0]):
+                self._urgent.pop(0)
+            if self._urgent:
+                s = self._urgent[0]
+            else:
+                ready = [x for x in sessions if self._jobs.get(x)]
+                if not ready:
+                    return None
+                s = min(ready, key=lambda x: x.play_time(self._jobs[x][0][0]))
+            k, epoch, silent = self._jobs[s].popleft()
+            return s, k, epoch, silent, self._turn.take()
 
     def _render_one(self, s: Session, k: int, epoch: int, silent: bool, ticket: int) -> None:
         item = s.unsent.get(k)
