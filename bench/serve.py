@@ -359,7 +359,8 @@ def main() -> None:
         extra = {} if a.buffer_ms is None else {"buffer_ms": a.buffer_ms}
         speak_extra = {} if a.render_threads is None else {"render_threads": a.render_threads}
         srv = ServerThread(AvatarServer([run], ServeConfig(port=0, max_load=1e9, max_sessions=64, device=a.device, **extra),
-                                        SpeakConfig(size=a.size, **speak_extra), log=lambda m: print(m, file=sys.stderr)))
+                                        SpeakConfig(size=a.size, **speak_extra),
+                                        log=lambda m: print(m, file=sys.stderr)))
         url = srv.start()
         pid, stop = "self", srv.stop
         w = next(iter(srv.server.workers.values()))

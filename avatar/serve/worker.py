@@ -15,10 +15,10 @@ engine thread, the phone decoder) slows. Measured on 2 cores, the bench fixture 
 torch threads 30.8 frames/s alone and 21.4 with a Python thread busy 20 % of the time beside it; two threads with
 one torch thread each 45.7 and 39.3. The render threads take frames one at a time (`_next_job`: interrupts first,
 then the frame due first) and render them if they can still be ready by their play time (`Session.play_time`) at
-the measured cost of one frame; the others are dropped (counted). Frames leave in the order they were handed out
-(`_Turnstile`), so a session's frames reach its track in order. Frames of a session nobody watches yet are not
-rendered. After an interrupt, the frames after the cut are rendered again with the silence window first
-(`Session.take_rerender`).
+the measured cost of one frame; the others are dropped (counted). A session's frames leave in the order they were
+handed out (`_Turnstile`, one per session: no session waits for another's render), so its track gets them in
+order. Frames of a session nobody watches yet are not rendered. After an interrupt, the frames after the cut are
+rendered again with the silence window first (`Session.take_rerender`).
 
 The worker's phone decoding (the default extractor's pocketsphinx) runs in a helper process
 (`avatar.features.phone_process.phones_in_helper_process`): pocketsphinx holds the GIL for a whole decode (~65 ms
@@ -26,9 +26,10 @@ per 5-frame segment on 2 cores), which stopped the event loop thread that encode
 frames and audio. The compiled raster kernels release the GIL themselves.
 
 Admission control reads `demand_s`: the compute one talking session needs per second of real time (feature
-extraction of one second of speech + fps x one frame's render / the render threads), measured at start-up (`calibrate`) and kept
-up to date from the live timings. Scaling out: the worker is the unit that would move to its own process
-(one per GPU, sessions routed by avatar); sessions only exchange audio arrays and uint8 frames with it.
+extraction of one second of speech + fps x one frame's render / the render threads), measured at start-up
+(`calibrate`) and kept up to date from the live timings. Scaling out: the worker is the unit that would move to
+its own process (one per GPU, sessions routed by avatar); sessions only exchange audio arrays and uint8 frames
+with it.
 """
 
 from __future__ import annotations
@@ -131,7 +132,7 @@ class AvatarWorker(threading.Thread):
         self.render_threads = self.base.render_threads  # SpeakConfig.render_threads (--render-threads)
         # torch threads of each render thread: the cores torch uses, shared out
         self._torch_threads = max(1, torch.get_num_threads() // self.render_threads)
-        self._turn = _Turnstile(self._halt)
+        self._turns: dict[Session, _Turnstile] = {}  # per session: its frames leave in the order handed out
         self._jobs_lock = threading.Lock()
         self._jobs: dict[Session, collections.deque] = {}  # session -> (k, epoch, silent) handed out next
         self._urgent: list[Session] = []  # sessions with an interrupt's re-render queued
@@ -266,27 +267,31 @@ class AvatarWorker(threading.Thread):
                 self._ready.wait(0.005)
                 self._ready.clear()
                 continue
-            s, k, epoch, silent, ticket = job
+            s, k, epoch, silent, turn, ticket = job
             t0 = time.perf_counter()
             try:
-                self._render_one(s, k, epoch, silent, ticket)
+                self._render_one(s, k, epoch, silent, turn, ticket)
             except Exception as e:  # noqa: BLE001 - one session's failure must not stop the others
                 s.error = f"{type(e).__name__}: {e}"
                 s.closed = True
             finally:
-                self._turn.done(ticket)
+                turn.done(ticket)
             self.busy_s += time.perf_counter() - t0
 
-    def _next_job(self) -> tuple[Session, int, int, bool, int] | None:
-        """The next frame to render, with its ticket: an interrupt's re-render (silent) before anything else, then
-        the frame due first of all sessions (earliest deadline first: a session whose batch became final late
-        is not kept waiting behind another's frames that have time), each session's frames in order."""
+    def _next_job(self) -> tuple[Session, int, int, bool, _Turnstile, int] | None:
+        """The next frame to render, with its session's turnstile and its ticket there: an interrupt's re-render
+        (silent) before anything else, then the frame due first of all sessions (earliest deadline first: a session
+        whose batch became final late is not kept waiting behind another's frames that have time), each session's
+        frames in order."""
         with self._jobs_lock:
             with self._lock:
                 sessions = [s for s in self.sessions if not s.closed]
             for s in list(self._jobs):
                 if s not in sessions:
                     del self._jobs[s]
+            for s in list(self._turns):
+                if s not in sessions:
+                    del self._turns[s]
             self._urgent = [s for s in self._urgent if s in sessions]
             for s in sessions:
                 redo = s.take_rerender()
@@ -312,9 +317,12 @@ class AvatarWorker(threading.Thread):
                     return None
                 s = min(ready, key=lambda x: x.play_time(self._jobs[x][0][0]))
             k, epoch, silent = self._jobs[s].popleft()
-            return s, k, epoch, silent, self._turn.take()
+            turn = self._turns.get(s)
+            if turn is None:
+                turn = self._turns[s] = _Turnstile(self._halt)
+            return s, k, epoch, silent, turn, turn.take()
 
-    def _render_one(self, s: Session, k: int, epoch: int, silent: bool, ticket: int) -> None:
+    def _render_one(self, s: Session, k: int, epoch: int, silent: bool, turn: _Turnstile, ticket: int) -> None:
         item = s.unsent.get(k)
         if item is None:
             return
@@ -334,7 +342,7 @@ class AvatarWorker(threading.Thread):
         self.render_s += _EWMA * (time.perf_counter() - t0 - self.render_s)
         if s.stamp:
             rgb = stamp_frame(rgb, k)
-        self._turn.wait(ticket)  # the frames handed out before this one leave first
+        turn.wait(ticket)  # the session's frames handed out before this one leave first
         s.frames_rendered += 1
         loop, q = s.loop, s.video_q
         if loop is not None and q is not None and not s.closed:
