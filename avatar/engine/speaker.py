@@ -69,6 +69,13 @@ def default_render_threads(device) -> int:
     return 1 if str(device).startswith("cuda") else max(1, torch.get_num_threads())
 
 
+def torch_threads_each(n: int) -> int:
+    """torch threads of each of n render threads: the cores torch uses, shared out (at least one)."""
+    import torch
+
+    return max(1, torch.get_num_threads() // max(1, n))
+
+
 _POOLS: dict[tuple[int, int], object] = {}
 _POOLS_LOCK = threading.Lock()
 
@@ -83,7 +90,7 @@ def render_pool(n: int):
         return None
     import torch
 
-    each = max(1, torch.get_num_threads() // n)
+    each = torch_threads_each(n)
     with _POOLS_LOCK:
         pool = _POOLS.get((n, each))
         if pool is None:

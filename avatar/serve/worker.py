@@ -127,11 +127,10 @@ class AvatarWorker(threading.Thread):
         self._seq = 0
         self._ready = threading.Event()  # the engine thread made frames ready
         self.busy_s = 0.0
-        import torch
+        from avatar.engine.speaker import torch_threads_each
 
         self.render_threads = self.base.render_threads  # SpeakConfig.render_threads (--render-threads)
-        # torch threads of each render thread: the cores torch uses, shared out
-        self._torch_threads = max(1, torch.get_num_threads() // self.render_threads)
+        self._torch_threads = torch_threads_each(self.render_threads)
         self._turns: dict[Session, _Turnstile] = {}  # per session: its frames leave in the order handed out
         self._jobs_lock = threading.Lock()
         self._jobs: dict[Session, collections.deque] = {}  # session -> (k, epoch, silent) handed out next
@@ -286,12 +285,9 @@ class AvatarWorker(threading.Thread):
         with self._jobs_lock:
             with self._lock:
                 sessions = [s for s in self.sessions if not s.closed]
-            for s in list(self._jobs):
-                if s not in sessions:
-                    del self._jobs[s]
-            for s in list(self._turns):
-                if s not in sessions:
-                    del self._turns[s]
+            for gone in [x for x in self._jobs.keys() | self._turns.keys() if x not in sessions]:
+                self._jobs.pop(gone, None)
+                self._turns.pop(gone, None)
             self._urgent = [s for s in self._urgent if s in sessions]
             for s in sessions:
                 redo = s.take_rerender()
