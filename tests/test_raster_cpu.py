@@ -67,11 +67,30 @@ def test_batched_cameras_channels_and_tiles():
     vm = torch.stack([random_pose(gen) for _ in range(3)])
     K = torch.tensor([[40.0, 0, 20.0], [0, 44.0, 19.0], [0, 0, 1]]).repeat(3, 1, 1)
     bg = torch.rand(3, 5, generator=gen)
-    for ts in (8, 16, 5, 12):
+    for ts in (8, 16, 5, 12, 32):
         compare(g, vm, K, W, H, background=bg, tile_size=ts, seed=ts)
     for c in (1, 2, 3, 4):
         gc = random_gaussians(150, fresh_generator(c), channels=c, z=0.0)
         compare(gc, vm, K, W, H, background=bg[:, :c], tile_size=16, seed=c)
+
+
+def test_faint_gaussians_binned_by_their_opacity_box():
+    """The CPU driver bins a Gaussian to the tiles of its opacity-aware box (alpha >= 1/255), the twin to those of
+    its 3-sigma radius: faint, large Gaussians straddling many 8-pixel tiles (an opacity of 0.02 reaches 1/255 at
+    1.3 sigma, a third of the radius) must still give the twin's image and gradients, and the same image at every
+    tile size (the default one included)."""
+    gen = fresh_generator(23)
+    W, H = 61, 47
+    vm, K = camera(W, H, f=0.9 * W)
+    g = random_gaussians(120, gen, scale=(0.1, 0.4), channels=3)
+    g["opacities"] = torch.rand(120, generator=gen) * 0.04 + 0.005
+    assert float(g["opacities"].min()) * 255 > 1  # each can reach 1/255 (else none would be drawn)
+    ours, _ = compare(g, vm, K, W, H, background=torch.rand(3, generator=gen), tile_size=8)
+    assert ours["alpha"].max() > 0.05  # the faint scene is drawn
+    imgs = [cuda_ext.rasterize(g["means"], g["quats"], g["scales"], g["opacities"], g["colors"], vm, K, W, H,
+                               tile_size=ts, backend="cpu").image for ts in (4, 8, 32, None)]
+    for im in imgs[1:]:
+        assert torch.equal(im, imgs[0])
 
 
 def test_edge_cases():
