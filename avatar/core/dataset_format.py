@@ -11,6 +11,8 @@ Layout of DATA_DIR (all arrays are one row per video frame at `fps`, frame k at 
     landmarks.npy           [N, 478, 2] float32 MediaPipe face-mesh landmarks, pixels (x right, y down)
     pose.npz                per-frame rigid head pose and camera, see `CameraPose`
     blink.npy               [N] float32 eye openness -> blink in [0, 1] (1 = closed), person-normalised
+    torso_track.npy         optional cache: [N + 1, 2] float32 torso shift per frame and a version row, written
+                            by the first fit or eval that needs it (avatar/core/torso.py)
     features/NAME.npy       [N, D] float32 audio features, one row per video frame
     features/NAME.json      {"extractor", "dim", "fps", "window", ...} describing NAME.npy
     preview/...             optional contact sheet / overlay video

@@ -115,15 +115,17 @@ def render_layers(model, viewmats: torch.Tensor, feats: torch.Tensor | None, bli
                   width: int, height: int, background: torch.Tensor | None = None, *,
                   cameras: torch.Tensor | None = None, head_px: int | None = None, body_px: int | None = None,
                   lip_scale: float = 1.0, torso: bool = True, deform: bool = True, sh_degree: int | None = None,
-                  retain_means2d: bool = False, backend: str = "auto") -> dict:
+                  retain_means2d: bool = False, backend: str = "auto", torso_shift: torch.Tensor | None = None) -> dict:
     """Render B frames at width x height as body layer + head-crop layer (module docstring), or in one
     joint pass when the model was not trained layered. Same inputs as `AvatarModel.render`; head_px /
-    body_px default to the model's config. Returns rgb [B, H, W, 3] (over `background`), alpha [B, H, W, 1],
+    body_px default to the model's config; torso_shift [B, 2]: measured torso shifts (training and `avatar eval`;
+    None: predicted from the head pose, `AvatarModel.torso_shift`). Returns rgb [B, H, W, 3] (over `background`), alpha [B, H, W, 1],
     the head boxes [B, 4] and, for densification, "passes": [{means2d, radii, counts, width, height}]."""
     cfg = model.cfg
     kw = dict(deform=deform, lip_scale=lip_scale, sh_degree=sh_degree, retain_means2d=retain_means2d, backend=backend)
     if not getattr(cfg, "layered", False):
-        out = model.render(viewmats, feats, blink, K, width, height, background, torso=torso, cameras=cameras, **kw)
+        out = model.render(viewmats, feats, blink, K, width, height, background, torso=torso, cameras=cameras,
+                           torso_shift=torso_shift, **kw)
         out["passes"] = [{"means2d": out["means2d"], "radii": out["radii"], "counts": out["counts"],
                           "width": width, "height": height}]
         return out
@@ -143,7 +145,8 @@ def render_layers(model, viewmats: torch.Tensor, feats: torch.Tensor | None, bli
         Kb = K.clone()
         Kb[0] = K[0] * (bw / width)
         Kb[1] = K[1] * (bh / height)
-        ob = model.render(viewmats, None, blink, Kb, bw, bh, None, torso=True, cameras=cameras, parts="body", **kw)
+        ob = model.render(viewmats, None, blink, Kb, bw, bh, None, torso=True, cameras=cameras, parts="body",
+                          torso_shift=torso_shift, **kw)
         passes.append({"means2d": ob["means2d"], "radii": ob["radii"], "counts": ob["counts"], "width": bw, "height": bh})
         body_rgb, body_a = ob["rgb"], ob["alpha"]
         if (bw, bh) != (width, height):

@@ -304,7 +304,8 @@ class Avatar:
     def render(self, feats: torch.Tensor, viewmats: torch.Tensor, blink: torch.Tensor, *, K: torch.Tensor | None = None,
                width: int | None = None, height: int | None = None,
                background: Literal["plate"] | torch.Tensor | None = "plate", lip_scale: float = 1.0,
-               torso: bool = True, camera: torch.Tensor | np.ndarray | None = None, frame=None) -> dict[str, torch.Tensor]:
+               torso: bool = True, camera: torch.Tensor | np.ndarray | None = None, frame=None,
+               torso_shift: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Render B frames: feats [B, W, D] windows, viewmats [B, 4, 4] head->camera, blink [B].
 
         background: "plate" (the training plate, resized if width/height differ), a colour [3],
@@ -317,7 +318,8 @@ class Avatar:
         needs nothing. Returns rgb [B, H, W, 3] in [0, 1] and alpha [B, H, W, 1].
         frame: an `output_frame(...)` (e.g. the source size): renders through it (K and size from the source
         camera; letterbox bars of --fit pad are black, transparent or the colour background) and overrides
-        K / width / height. Layered models (`ModelConfig.layered`) draw the head in a head crop over the torso
+        K / width / height. torso_shift [B, 2]: the frames' measured torso shifts (`avatar eval` on real frames;
+        None: predicted from the head pose, avatar/core/torso.py). Layered models (`ModelConfig.layered`) draw the head in a head crop over the torso
         layer (avatar/engine/composite.py)."""
         dev = self.device
         feats = torch.as_tensor(feats, device=dev).float()
@@ -361,7 +363,8 @@ class Avatar:
         from avatar.engine.composite import render_layers
 
         out = render_layers(self.model, viewmats, feats, blink, K, w, h, bg, lip_scale=lip_scale, torso=torso,
-                            backend=self.backend, cameras=cams)
+                            backend=self.backend, cameras=cams,
+                            torso_shift=None if torso_shift is None else torch.as_tensor(torso_shift, device=dev).float())
         rgb, alpha = out["rgb"].clamp(0, 1), out["alpha"].clamp(0, 1)
         if frame is not None and frame.padded:  # --fit pad: letterbox bars (the colour background, else black)
             fill = bg if bg is not None and bg.dim() == 1 else torch.zeros(3, device=dev)

@@ -37,6 +37,7 @@ import torch
 from avatar.core.dataset_format import (HEAD_LABELS, MASK_LABELS, DatasetInfo, FrameCache, head_box, held_out_indices,
                                         iter_source_frames, load_dataset, resize_frame, source_size)
 from avatar.core.landmarks import MOUTH_LANDMARKS, mouth_opening
+from avatar.core.torso import torso_track
 from avatar.errors import AvatarError
 from avatar.evaluation.metrics import psnr, ssim
 from avatar.model.audio import window_indices
@@ -81,6 +82,7 @@ class HeldOutFrames:
         self.feats = torch.as_tensor(np.array(info.feature(name), np.float32), device=self.device)  # [N, D]
         self.indices = held_out_indices(info)
         self._frames = FrameCache(info, capacity=4)
+        self.torso = torch.as_tensor(torso_track(info), device=self.device)  # [N, 2] measured, like the head pose
 
     def native(self, indices) -> "Iterator[tuple[int, np.ndarray, np.ndarray, str]]":
         """(k, rgb uint8 [H, W, 3], labels uint8 [H, W], reference) at the source size for `indices` (ascending):
@@ -105,11 +107,13 @@ class HeldOutFrames:
             yield k, rgb, cv2.resize(lab, (sw, sh), interpolation=cv2.INTER_NEAREST), "source"
 
     def batch(self, k: int) -> dict[str, torch.Tensor]:
-        """Inputs and real frame of frame k: feats [1, W, D], viewmats [1, 4, 4], blink [1], rgb, labels."""
+        """Inputs and real frame of frame k: feats [1, W, D], viewmats [1, 4, 4], blink [1], torso_shift [1, 2]
+        (measured in the frame, avatar/core/torso.py), rgb, labels."""
         rgb, lab = resize_frame(*self._frames.get(int(k)), self.width, self.height)
         idx = torch.tensor([int(k)], device=self.device)
         win = window_indices(idx, self.av.feature_window, self.av.feature_future, self.feats.shape[0])
         return {"feats": self.feats[win], "viewmats": self.viewmats[idx], "blink": self.blink[idx],
+                "torso_shift": self.torso[idx],
                 "rgb": torch.as_tensor(rgb[None], device=self.device).float() / 255.0,  # [1, H, W, 3]
                 "labels": torch.as_tensor(lab[None], device=self.device).long()}  # [1, H, W]
 
@@ -150,7 +154,8 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", write: bool = True, 
             stack.enter_context(trk_fake)
         for k in tqdm(val, desc="eval", disable=not progress, dynamic_ncols=True):
             batch = data.batch(int(k))
-            pred = av.render(batch["feats"], batch["viewmats"], batch["blink"])["rgb"]  # [1, H, W, 3]
+            pred = av.render(batch["feats"], batch["viewmats"], batch["blink"],
+                             torso_shift=batch["torso_shift"])["rgb"]  # [1, H, W, 3]
             gt = batch["rgb"]
             hm = torch.isin(batch["labels"], head_ids)[..., None].float()
             rows["full_psnr"].append(float(psnr(pred, gt)))
@@ -169,7 +174,8 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", write: bool = True, 
                     open_real.append(float(mouth_opening(a[None])[0]))
                     open_fake.append(float(mouth_opening(b[None])[0]))
                 if a is not None:
-                    still = av.render(batch["feats"], batch["viewmats"], batch["blink"], lip_scale=0.0)["rgb"]
+                    still = av.render(batch["feats"], batch["viewmats"], batch["blink"], lip_scale=0.0,
+                                      torso_shift=batch["torso_shift"])["rgb"]
                     s8 = (still[0].cpu().numpy() * 255).round().astype(np.uint8)
                     c = trk_fake(cv2.resize(s8, up, interpolation=cv2.INTER_CUBIC))
                     if c is not None:
@@ -227,7 +233,7 @@ def native_metrics(av, data: HeldOutFrames, info: DatasetInfo, val, progress: bo
     ref = "source"
     for k, rgb, lab, ref in data.native(val):
         b = data.batch(k)
-        pred = av.render(b["feats"], b["viewmats"], b["blink"], frame=frame)["rgb"]  # [1, H, W, 3]
+        pred = av.render(b["feats"], b["viewmats"], b["blink"], frame=frame, torso_shift=b["torso_shift"])["rgb"]
         p8 = (pred[0].cpu().numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
         gt = torch.as_tensor(rgb[None], device=pred.device).float() / 255.0
         pq = torch.as_tensor(p8[None], device=pred.device).float() / 255.0

@@ -65,6 +65,11 @@ class AvatarModel(nn.Module):
         self.register_buffer("basis", torch.eye(3))  # rows: right, up, front of the head frame
         self.register_buffer("ref_viewmat", torch.eye(4))  # pose whose camera frame holds the torso
         self.register_buffer("torso_center", torch.zeros(3))  # camera frame of the reference pose
+        # torso track (avatar/core/torso.py): the reference frame's measured shift, and the linear map head pose ->
+        # shift for frames without a measurement (zeros: a model trained before the track, the torso unshifted)
+        self.register_buffer("torso_shift_ref", torch.zeros(2))
+        self.register_buffer("torso_coef", torch.zeros(13, 2))
+        self.register_buffer("torso_tracked", torch.tensor(0.0))  # 1: trained with the track (else shifts are ignored)
         self._static_memo: dict[str, _InferenceCache] = {}
 
     def static(self, name: str, compute: Callable[[], torch.Tensor]):
@@ -88,13 +93,16 @@ class AvatarModel(nn.Module):
     def from_state(cls, cfg: ModelConfig, feat_dim: int, state: dict[str, torch.Tensor]) -> "AvatarModel":
         counts = {n: int(state[f"{n}.params.means"].shape[0]) for n in SET_NAMES}
         model = cls(cfg, feat_dim, counts)
+        # runs saved before the torso track: no shift, exactly as they were trained
+        state = {**{k: v for k, v in model.state_dict().items() if k in ("torso_shift_ref", "torso_coef", "torso_tracked")},
+                 **state}
         model.load_state_dict(state)
         return model
 
     @classmethod
     def from_data(cls, cfg: ModelConfig, *, shape3d: np.ndarray, viewmats: np.ndarray, K: np.ndarray,
                   frame: Callable[[int], tuple[np.ndarray, np.ndarray]], landmarks: np.ndarray, train_idx: np.ndarray,
-                  train_feats: np.ndarray, seed: int = 0) -> "AvatarModel":
+                  train_feats: np.ndarray, seed: int = 0, torso_track: np.ndarray | None = None) -> "AvatarModel":
         """Initialise from the dataset (see gaussians.py for the reasoning).
 
         shape3d [478, 3]; viewmats [N, 4, 4] all frames; K [3, 3] at the training resolution;
@@ -154,6 +162,13 @@ class AvatarModel(nn.Module):
             model.basis.copy_(torch.as_tensor(basis))
             model.ref_viewmat.copy_(torch.as_tensor(viewmats[ref], dtype=torch.float32))
             model.torso_center.copy_(torch.as_tensor(centre_cam, dtype=torch.float32))
+            if torso_track is not None and len(tpts):  # avatar/core/torso.py: measured shifts [N, 2]
+                from avatar.core.torso import fit_shift_predictor
+
+                tt = np.asarray(torso_track, np.float64)
+                model.torso_shift_ref.copy_(torch.as_tensor(tt[ref], dtype=torch.float32))
+                model.torso_coef.copy_(torch.as_tensor(fit_shift_predictor(viewmats[train_idx], tt[train_idx], unit)))
+                model.torso_tracked.fill_(1.0)
             model.audio.set_normalisation(torch.as_tensor(np.asarray(train_feats), dtype=torch.float32))
         return model
 
@@ -221,10 +236,23 @@ class AvatarModel(nn.Module):
             xm = mouth_points[None] + self.cfg.mouth_motion_scale * self.unit * off
         return x, xm
 
+    def torso_shift(self, viewmat: torch.Tensor) -> torch.Tensor:
+        """[2] the torso shift (avatar/core/torso.py: image shift / focal, relative to the dataset's first frame)
+        predicted from head pose `viewmat` [4, 4] by the stored linear map; what a frame without a measured
+        shift (`avatar speak`, serve, the viewer) gets."""
+        v = viewmat.to(self.torso_coef.dtype)
+        x = torch.cat([v[:3, :3].reshape(9), v[:3, 3] / self.unit, v.new_ones(1)])
+        return x @ self.torso_coef
+
     def torso_gaussians(self, viewmat: torch.Tensor, deform: bool = True,
-                        camera: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                        camera: torch.Tensor | None = None, shift: torch.Tensor | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
         """Torso means [T, 3] and quats [T, 4] in the camera frame for head pose `viewmat` [4, 4].
 
+        `shift` [2]: the frame's measured torso shift (avatar/core/torso.py; None: `torso_shift(viewmat)`). The
+        static part of the torso (weight 1 - skin) moves in the image by (shift - the reference frame's shift)
+        times the focal length: each Gaussian by that angle times its own depth, so the whole torso layer
+        slides in the image as the measured torso did.
         `camera` [4, 4] (optional): a free-view camera move (training-camera frame -> new camera frame)
         applied rigidly after the skinning, which is always computed in the training-camera frame."""
         tp = self.torso.params
@@ -237,7 +265,10 @@ class AvatarModel(nn.Module):
         x_follow = x @ M[:3, :3].T + M[:3, 3]
         qm = matrix_to_quat(M[:3, :3])
         q_follow = quat_multiply(qm[None], q)
-        xs = (1 - w) * x + w * x_follow
+        d = (self.torso_shift(viewmat) if shift is None else shift.to(x.dtype)) - self.torso_shift_ref  # [2]
+        d = d * self.torso_tracked  # a model trained without the track: no shift, bit for bit as before
+        x_static = x + torch.cat([d, d.new_zeros(1)])[None] * x[:, 2:3]  # image shift d * focal at every depth
+        xs = (1 - w) * x_static + w * x_follow
         if deform:
             pose = torch.cat([axis_angle_from_matrix(M[:3, :3]), M[:3, 3] / self.unit])[None]  # [1, 6]
             xn = self.static("torso_xn", lambda: (x - self.torso_center) / (3 * self.unit))
@@ -254,7 +285,7 @@ class AvatarModel(nn.Module):
                width: int, height: int, background: torch.Tensor | None = None, *, deform: bool = True,
                lip_scale: float = 1.0, torso: bool = True, sh_degree: int | None = None,
                retain_means2d: bool = False, backend: str = "auto", cameras: torch.Tensor | None = None,
-               parts: Literal["all", "head", "body"] = "all") -> dict:
+               parts: Literal["all", "head", "body"] = "all", torso_shift: torch.Tensor | None = None) -> dict:
         """Render B frames.
 
         viewmats [B, 4, 4] head->camera; feats [B, W, D] raw feature windows (None = static);
@@ -262,6 +293,7 @@ class AvatarModel(nn.Module):
         background None (black, premultiplied), [3], [H, W, 3] or [B, H, W, 3].
         parts: "all" (every set, depth-sorted together), "head" (head + mouth interior only: the head layer)
         or "body" (torso only, no audio network run: the body layer); see avatar/engine/composite.py.
+        torso_shift [B, 2] (optional): measured torso shifts (`torso_gaussians`); None predicts them from the pose.
         cameras [B, 4, 4] (optional): free-view camera moves, training-camera frame -> new camera frame
         (None, or a frame whose matrix is exactly the identity, renders from the training camera bit for
         bit). Head and mouth are posed with cameras[i] @ viewmats[i]; the torso is built from the head
@@ -300,7 +332,8 @@ class AvatarModel(nn.Module):
                 colss.append(spherical_harmonics(deg, dirs, hm_sh))
                 ops.append(hm_op)
             if use_torso:
-                tx, tq = self.torso_gaussians(viewmats[i], deform=deform, camera=cam)
+                tx, tq = self.torso_gaussians(viewmats[i], deform=deform, camera=cam,
+                                              shift=None if torso_shift is None else torso_shift[i])
                 xs.append(tx)
                 qs.append(tq)
                 ss.append(self.static("torso_scales", lambda: self.torso.scales))

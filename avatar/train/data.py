@@ -22,6 +22,7 @@ from avatar.core.dataset_format import (
     resize_frame,
 )
 from avatar.core.landmarks import LIPS_OUTER, LOWER_INNER_LIPS, MOTION_LANDMARKS
+from avatar.core.torso import torso_track
 from avatar.errors import AvatarError
 from avatar.model.audio import feature_windows, window_indices, window_offsets
 from avatar.train.config import DataConfig
@@ -60,6 +61,7 @@ class FitData:
         self.viseme_cols = self._viseme_columns() if cfg.viseme_dropout > 0 else None  # slice or None
         self.feat_mean = self.feats[torch.as_tensor(info.indices("train"), device=self.device)].mean(0)  # [D]
         self.blink = torch.as_tensor(info.blink().astype(np.float32), device=self.device)  # [N]
+        self.torso_track = torch.as_tensor(torso_track(info), device=self.device)  # [N, 2] avatar/core/torso.py
         self.landmarks = info.landmarks()  # [N, 478, 2] mmap, dataset pixels
         if len(self.blink) != info.num_frames or self.landmarks.shape[0] != info.num_frames:
             raise AvatarError(f"{info.root}: blink/landmarks do not have one row per frame; re-run preprocess")
@@ -202,7 +204,8 @@ class FitData:
         return feature_windows(self.feats, self.window, self.future)
 
     def batch(self, idx: np.ndarray | list[int], rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
-        """Tensors for frames idx: rgb [B,H,W,3] in [0,1], labels [B,H,W] long, viewmats, feats [B,W,D], blink [B], lips [B,H,W,1].
+        """Tensors for frames idx: rgb [B,H,W,3] in [0,1], labels [B,H,W] long, viewmats, feats [B,W,D], blink [B], torso_shift [B,2]
+        (avatar/core/torso.py), lips [B,H,W,1].
         `rng`: a training step (voice augmentation may apply, `windows`)."""
         rgbs, labs, lips = [], [], []
         for k in idx:
@@ -221,5 +224,6 @@ class FitData:
             "viewmats": self.viewmats[torch.as_tensor(np.asarray(idx), device=dev)],
             "feats": self.windows(idx, rng),
             "blink": self.blink[torch.as_tensor(np.asarray(idx), device=dev)],
+            "torso_shift": self.torso_track[torch.as_tensor(np.asarray(idx), device=dev)],  # [B, 2]
             "lips": torch.as_tensor(np.stack(lips), device=dev),
         }

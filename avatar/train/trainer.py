@@ -154,7 +154,8 @@ class Trainer:
                 cfg.model, shape3d=self.data.pose.shape3d, viewmats=self.data.pose.viewmats(),
                 K=(self.data.K_native if native else self.data.K).cpu().numpy(),
                 frame=self.data.native_frame if native else self.data.frame, landmarks=self.data.landmarks,
-                train_idx=self.data.train_idx, train_feats=train_feats, seed=cfg.seed)
+                train_idx=self.data.train_idx, train_feats=train_feats, seed=cfg.seed,
+                torso_track=self.data.torso_track.cpu().numpy())
         self.model.to(self.device)
         self.unit = float(self.model.unit)
         from avatar.core.landmarks import LOWER_INNER_LIPS, MOTION_LANDMARKS
@@ -260,7 +261,7 @@ class Trainer:
         # the layers the engine renders (head crop over the torso layer), at the training resolution
         return render_layers(self.model, batch["viewmats"], None if static else batch["feats"], batch["blink"], self.data.K,
                              self.data.width, self.data.height, self.data.background, sh_degree=sh,
-                             retain_means2d=retain, backend=cfg.backend)
+                             retain_means2d=retain, backend=cfg.backend, torso_shift=batch["torso_shift"])
 
     def _head_crop_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float], list[dict]]:
         """The head layer rendered in its crop at `model.head_px` across the head box and composited over the
@@ -275,7 +276,7 @@ class Trainer:
         W0, H0 = data.info.width, data.info.height
         out = render_layers(self.model, batch["viewmats"], None if static else batch["feats"], batch["blink"], data.K_native,
                             W0, H0, data.background_native, sh_degree=sh, body_px=max(data.width, data.height),
-                            backend=cfg.backend, retain_means2d=True)
+                            backend=cfg.backend, retain_means2d=True, torso_shift=batch["torso_shift"])
         boxes = out["boxes"]  # [B, 4] the head crops, dataset pixels (one size per frame)
         l1s, dssims = [], []
         for i, (x0, y0, x1, y1) in enumerate(boxes):
