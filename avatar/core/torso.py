@@ -81,10 +81,11 @@ def clean_track(shifts: np.ndarray, limit: float) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def torso_track(info, cache: bool = True) -> np.ndarray:
+def torso_track(info, cache: bool = True, progress: bool = False) -> np.ndarray:
     """[N, 2] float32 torso shift of every frame of dataset `info` relative to frame 0, in units of the focal
-    length ((dx, dy) pixels / focal). Cached in the dataset folder."""
+    length ((dx, dy) pixels / focal). Cached in the dataset folder; `progress`: a bar while it is measured."""
     import cv2
+    from tqdm import tqdm
 
     from avatar.core.io import atomic_path
 
@@ -107,7 +108,10 @@ def torso_track(info, cache: bool = True) -> np.ndarray:
         return img.astype(np.float32)
 
     anchor_lab = cv2.imread(str(info.mask_path(0)), cv2.IMREAD_GRAYSCALE)
-    px = measure_shifts((gray(k) for k in range(n)), gray(0), anchor_lab)
+    if anchor_lab is None or not info.frame_path(0).is_file():  # no labels to find the torso in: unshifted
+        return np.zeros((n, 2), np.float32)
+    frames = tqdm(range(n), desc="torso track", unit="frame", dynamic_ncols=True, disable=not progress)
+    px = measure_shifts((gray(k) for k in frames), gray(0), anchor_lab)
     track = clean_track(px, limit=0.1 * max(info.width, info.height)) / float(pose.focal)
     if cache:
         try:

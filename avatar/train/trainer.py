@@ -23,6 +23,7 @@ import torch
 
 from avatar.core.config import from_dict, save_yaml, to_dict
 from avatar.core.dataset_format import load_dataset
+from avatar.core.torso import torso_track
 from avatar.errors import AvatarError
 from avatar.evaluation.metrics import masked_mean, psnr, ssim_map
 from avatar.model.avatar_model import AvatarModel
@@ -126,6 +127,7 @@ class Trainer:
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
         info = load_dataset(data_dir)
+        torso_track(info, progress=progress)  # measured once per dataset (cached there), with a bar; FitData reads it
         ckpt = load_latest(self.run_dir)
         if ckpt is not None:  # the architecture and data resolution come from the checkpoint
             saved = ckpt["config"]
