@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from avatar.core.dataset_format import MASK_LABELS
-from avatar.core.torso import clean_track, fit_shift_predictor, measure_shifts, shift_features
+from avatar.core.torso import clean_track, explained_share, fit_shift_predictor, measure_shifts, shift_features
 
 
 def _scene(h: int = 160, w: int = 200, seed: int = 0):
@@ -44,6 +44,20 @@ def test_measured_shift_is_the_applied_one():
         frames.append(np.where(lab_moved, moved, 90.0).astype(np.float32))
     got = measure_shifts(frames, img, lab)
     np.testing.assert_allclose(got, np.asarray(truth), atol=0.35)
+
+
+def test_explained_share_tells_a_slide_from_a_change():
+    """Frames that are the anchor slid by known amounts: moving them back by those shifts explains nearly all of
+    the change (> 0.9); the same frames with wrong shifts, or frames whose torso changed texture without moving,
+    are explained by little or nothing (< 0.2)."""
+    img, lab = _scene()
+    truth = np.array([(3.0, -2.0), (-5.0, 1.0), (2.0, 4.0)])
+    slid = [_shifted(img, dx, dy) for dx, dy in truth]
+    assert explained_share(slid, truth, img, lab) > 0.9
+    assert explained_share(slid, -truth, img, lab) < 0.2
+    other, _ = _scene(seed=1)  # new texture, same place
+    changed = [np.where(lab == MASK_LABELS["torso"], other, img).astype(np.float32)] * 3
+    assert explained_share(changed, truth, img, lab) < 0.2
 
 
 def test_no_torso_gives_zero_shifts():
