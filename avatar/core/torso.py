@@ -19,7 +19,7 @@ resolution.
 Training and `avatar eval` render each frame with its measured shift (as they use its measured head pose);
 `avatar speak` and everything else predict the shift from the head pose (`fit_shift_predictor`, the linear map
 the model stores). Cached as `torso_track.npy` next to dataset.json (written atomically; a read-only dataset
-folder just recomputes it, about 2 ms a frame).
+folder just recomputes it: about 10 ms a frame at 512 px, 12 s for the 50 s macron clip).
 """
 
 from __future__ import annotations

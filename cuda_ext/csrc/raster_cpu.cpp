@@ -151,8 +151,8 @@ static inline bool pixel_box(const Packed& p, int W, int H, int& j0, int& j1, in
 // in that order, so every tile list comes out sorted with no per-tile sort (raster.md 2, option b).
 // A Gaussian goes to the tiles its opacity-aware box (pixel_box) touches, not those of its 3-sigma radius:
 // a faint Gaussian's alpha reaches 1/255 well inside 3 sigma, and at the head crop's native size the radius
-// boxes made a sixth of the forward pass box tests that found nothing (the idea of gsplat's opacity-aware
-// radius, `radius_clip` / "tight opacity bounding", gsplat 1.x). The pixels composited are the same.
+// boxes made a sixth of the forward pass box tests that found nothing (the same idea as gsplat's projection
+// when it is given the opacities: an opacity-aware bounding box). The pixels composited are the same.
 // Returns tile_offsets [B*T+1] int32 and flat_ids [n_isects] int32 (global index b*N+n).
 static void bin_gaussians(const Packed* pk, const float* dep, const int* rad, int64_t B, int64_t N, int W, int H,
                           int ts, std::vector<int>& tile_offsets, std::vector<int>& flat_ids) {
