@@ -264,8 +264,11 @@ def test_viewer_in_browser(tiny_run, browser, tmp_path):
 def test_cli_serves_and_stops_on_ctrl_c(tiny_run):
     """`avatar view RUN` prints its loopback URL, serves the page, and exits 0 on SIGINT."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # SIGINT as a terminal delivers it: a suite started in the background by a shell (`cmd &`) inherits SIGINT
+    # ignored, and Python then installs no handler, so Ctrl-C could not reach the viewer (seen in a local run)
     proc = subprocess.Popen([sys.executable, "-m", "avatar.cli", "view", str(tiny_run), "--port", "0", "--device", "cpu"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         url, lines = None, []
         end = time.monotonic() + 90
