@@ -186,3 +186,17 @@ def test_real_clip_track(may_dataset):
     assert track.shape == (info.num_frames, 2) and (info.root / CACHE).is_file()
     assert np.array_equal(torso_track(info), track)
     assert np.all(np.abs(track * info.camera_pose().focal) <= 0.1 * max(info.width, info.height))  # cleaned
+
+
+def test_model_prediction_uses_the_same_features_as_the_fit():
+    """`AvatarModel.torso_shift` (torch, per frame on the device) and `shift_features` (numpy, for the fit) build
+    the same 13 features: with any stored map they predict the same shift for the same pose."""
+    m, vm, _ = _tracked_model()
+    rng = np.random.default_rng(4)
+    with torch.no_grad():
+        m.unit.fill_(0.7)
+        m.torso_coef.copy_(torch.as_tensor(rng.normal(0, 0.05, (13, 2)), dtype=torch.float32))
+    v = vm[0].clone()
+    v[:3, 3] = torch.tensor([0.1, -0.2, 3.0])
+    want = shift_features(v[None].numpy(), 0.7) @ m.torso_coef.numpy().astype(np.float64)
+    np.testing.assert_allclose(m.torso_shift(v).numpy(), want[0], atol=1e-6)
